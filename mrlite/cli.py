@@ -1,0 +1,192 @@
+"""The ``mrlite`` command line (Click). Thin: parse, call a module, echo. Imports no torch at start-up.
+
+Exercised by: ``mrlite --help``, ``mrlite run recipes/smoke.yaml``.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from mrlite import __version__
+
+STAGE_NAMES = ("eft", "sample", "judge", "meta_judge", "pairs", "train")
+
+
+def _user_errors(fn):
+    """Turn errors a user can fix into one ``Error: ...`` line and exit code 1 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from mrlite.backends import BackendError
+        from mrlite.loop import StageFailed
+        from mrlite.recipe import RecipeError
+        from mrlite.rundir import RunDirError
+        from mrlite.sources import SourceError
+        from mrlite.stages import StageError
+
+        types: tuple = (RecipeError, RunDirError, StageError, StageFailed, BackendError, SourceError)
+        try:
+            from mrlite.models import ModelError
+
+            types += (ModelError,)
+        except ImportError:
+            pass
+        try:
+            return fn(*args, **kwargs)
+        except types as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("\nInterrupted. Run the same command again to resume where it stopped.", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _setup(verbose: int, quiet: bool) -> None:
+    from mrlite.log import setup_logging
+
+    setup_logging(-1 if quiet else verbose)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mrlite")
+def cli():
+    """mrlite — Meta-Rewarding Language Models (Wu et al. 2024) on one GPU or a CPU.
+
+    One model plays actor, judge and meta-judge; each iteration trains it with DPO on answer pairs and
+    judgment pairs, merges the LoRA adapter, and goes again.
+
+    \b
+    Getting started:
+      mrlite run recipes/smoke.yaml        # fake backend, seconds, no torch
+      mrlite run recipes/tiny.yaml         # SmolLM2-135M on CPU, minutes
+      mrlite status runs/tiny
+    """
+
+
+@cli.command("run")
+@click.argument("recipe")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe field (repeatable).")
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<recipe name>).")
+@click.option("--only", type=click.Choice(STAGE_NAMES), help="Run only this stage.")
+@click.option("--from", "from_stage", type=click.Choice(STAGE_NAMES), help="Recompute from this stage on.")
+@click.option("--iter", "iters", type=int, multiple=True, help="Restrict to iteration K (repeatable; 0 = EFT).")
+@click.option("--force", is_flag=True, help="Recompute stages whose inputs or settings changed.")
+@click.option("-v", "--verbose", count=True, help="More output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@_user_errors
+def run_cmd(recipe, sets, out, only, from_stage, iters, force, verbose, quiet):
+    """Run (or resume) the Meta-Rewarding loop of RECIPE.
+
+    Finished stages are skipped; a killed run resumes where it stopped when you run the same command again.
+
+    \b
+    Examples:
+      mrlite run recipes/smoke.yaml
+      mrlite run recipes/tiny.yaml --set loop.iterations=1 --set data.prompts_per_iteration=4
+      mrlite run recipes/tiny.yaml --only judge --iter 2
+      mrlite run recipes/tiny.yaml --from pairs --iter 1 --force
+    """
+    from mrlite.loop import default_out
+    from mrlite.loop import run as run_loop
+    from mrlite.recipe import load_recipe
+
+    _setup(verbose, quiet)
+    r = load_recipe(recipe, sets)
+    out = out or str(default_out(r))
+    if not quiet:
+        click.echo(f"# resolved recipe ({recipe}) → {out}/recipe.yaml", err=True)
+        click.echo(r.to_yaml().rstrip(), err=True)
+    report = run_loop(r, out, only=only, from_stage=from_stage, iters=list(iters) or None, force=force)
+    ran = sum(1 for *_, s in report.steps if s == "ran")
+    cached = sum(1 for *_, s in report.steps if s == "cached")
+    click.echo(f"done: {ran} stages ran, {cached} cached → {report.run_dir}")
+
+
+@cli.command()
+@click.argument("recipe")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe field (repeatable).")
+@_user_errors
+def validate(recipe, sets):
+    """Load and validate RECIPE and print it fully resolved. Imports no torch.
+
+    \b
+    Examples:
+      mrlite validate recipes/paper.yaml
+      mrlite validate recipes/tiny.yaml --set actor.n=2
+    """
+    from mrlite.recipe import load_recipe
+
+    click.echo(load_recipe(recipe, sets).to_yaml().rstrip())
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@_user_errors
+def status(run_dir):
+    """Show iterations × stages of RUN_DIR: done / stale / missing, rows, parse rates.
+
+    \b
+    Examples:
+      mrlite status runs/smoke
+    """
+    from mrlite.status import status_table
+
+    rows = status_table(run_dir)
+    click.echo(f"{'iter':>4}  {'stage':<10}  {'state':<7}  {'rows':>6}  detail")
+    for r in rows:
+        rows_s = "" if r["rows"] is None else str(r["rows"])
+        click.echo(f"{r['iteration']:>4}  {r['stage']:<10}  {r['state']:<7}  {rows_s:>6}  {r['detail']}")
+
+
+@cli.command()
+@click.argument("name", required=False)
+@_user_errors
+def recipes(name):
+    """List the bundled recipes, or print recipe NAME (copy it to start your own).
+
+    \b
+    Examples:
+      mrlite recipes
+      mrlite recipes tiny > my.yaml
+    """
+    from mrlite.recipe import RecipeError, bundled_recipes_dir
+
+    d = bundled_recipes_dir()
+    files = sorted(d.glob("*.yaml"))
+    if name is None:
+        for f in files:
+            first = next((ln[1:].strip() for ln in f.read_text().splitlines() if ln.startswith("#")), "")
+            click.echo(f"{f.stem:<22} {first}")
+        return
+    p = d / f"{name.removesuffix('.yaml')}.yaml"
+    if not p.exists():
+        raise RecipeError(f"no bundled recipe {name!r}; choose one of: {', '.join(f.stem for f in files)}")
+    click.echo(p.read_text().rstrip())
+
+
+@cli.command("_worker", hidden=True)
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--iter", "t", type=int, required=True)
+@click.option("--stages", required=True)
+@click.option("--force", is_flag=True)
+@_user_errors
+def worker(run_dir, t, stages, force):
+    """Internal: run some stages of one iteration in this process (started by `mrlite run`)."""
+    from pathlib import Path
+
+    from mrlite.loop import run_worker
+
+    _setup(0, False)
+    run_worker(Path(run_dir), t, stages.split(","), force)
+
+
+def main() -> None:
+    cli(prog_name="mrlite")
+
+
+if __name__ == "__main__":
+    main()

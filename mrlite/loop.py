@@ -1,0 +1,241 @@
+"""The whole Meta-Rewarding loop, as one readable sequence (algorithm.md Part A).
+
+    iteration 0 (optional): eft                          → M_0
+    iteration t = 1..T:     sample → judge → meta_judge → pairs → train (+ merge) → M_t
+
+The orchestrator never imports torch. Heavy stages run as ``python -m mrlite _worker`` subprocesses (one per
+group: the three generation stages of an iteration share one engine; training is another), because vLLM
+cannot give GPU memory back in-process. Every stage reads and writes files in the run directory and writes
+its marker last, so a killed run resumes where it stopped. Exercised by: ``mrlite run recipes/smoke.yaml``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata as md
+import json
+import logging
+import os
+import platform
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mrlite import __version__
+from mrlite.log import add_file_log
+from mrlite.recipe import Recipe, RecipeError
+from mrlite.rundir import RunDir, RunDirError, atomic_write_json, atomic_write_text
+from mrlite.stages import (
+    GENERATION_STAGES, HEAVY_STAGES, STAGES, StageContext, StageError, run_stage, stage_iterations, state,
+)
+
+log = logging.getLogger(__name__)
+
+PACKAGES = ("click", "pydantic", "numpy", "torch", "transformers", "peft", "trl", "datasets", "accelerate",
+            "vllm", "unsloth", "bitsandbytes")
+
+
+class StageFailed(RuntimeError):
+    """A stage subprocess exited non-zero; its own message was printed above."""
+
+
+@dataclass
+class RunReport:
+    run_dir: Path
+    steps: list[tuple[int, str, str]] = field(default_factory=list)  # (iteration, stage, ran|cached|n/a)
+
+
+def default_out(recipe: Recipe) -> Path:
+    return Path("runs") / recipe.name
+
+
+def plan(recipe: Recipe, only: str | None = None, iters: list[int] | None = None) -> list[tuple[int, str]]:
+    """Ordered (iteration, stage) steps of the run, filtered by ``--only`` / ``--iter``."""
+    steps = [(t, s) for t in range(0, recipe.loop.iterations + 1) for s in STAGES if t in stage_iterations(recipe, s)]
+    if iters is not None:
+        steps = [(t, s) for t, s in steps if t in iters]
+    if only is not None:
+        steps = [(t, s) for t, s in steps if s == only]
+    return steps
+
+
+def _groups(steps: list[tuple[int, str]]) -> list[list[tuple[int, str]]]:
+    """Consecutive steps that share one process: the generation stages of one iteration."""
+    groups: list[list[tuple[int, str]]] = []
+    for t, s in steps:
+        if groups and s in GENERATION_STAGES and groups[-1][-1][0] == t and groups[-1][-1][1] in GENERATION_STAGES:
+            groups[-1].append((t, s))
+        else:
+            groups.append([(t, s)])
+    return groups
+
+
+def _isolate(recipe: Recipe, override: bool | None) -> bool:
+    if override is not None:
+        return override
+    mode = recipe.loop.isolate
+    return mode == "always" or (mode == "auto" and recipe.backends.generator != "fake")
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for p in PACKAGES:
+        try:
+            out[p] = md.version(p)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _git_sha() -> str | None:
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                           text=True, timeout=5)
+        return r.stdout.strip() or None if r.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _init_run_dir(recipe: Recipe, rd: RunDir) -> None:
+    """Write recipe.yaml and run.json (first run) or check they belong to this recipe (resume)."""
+    info_path = rd.root / "run.json"
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    if info_path.exists():
+        try:
+            info = json.loads(info_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            raise RunDirError(f"{info_path}: unreadable run.json; use a new --out or delete the file") from None
+        if info.get("recipe_name") not in (None, recipe.name):
+            raise RunDirError(
+                f"{rd.root} holds a run of recipe '{info.get('recipe_name')}', not '{recipe.name}'; "
+                "pass a different --out (or delete that directory)"
+            )
+        info["last_resumed"] = now
+    else:
+        if rd.root.exists() and any(p.name.startswith("iter_") for p in rd.root.iterdir()):
+            raise RunDirError(f"{rd.root} has iteration folders but no run.json; use a new --out")
+        info = {"recipe_name": recipe.name, "mrlite_version": __version__, "started": now, "seed": recipe.loop.seed,
+                "host": socket.gethostname(), "python": platform.python_version(), "packages": _versions(),
+                "git_sha": _git_sha()}
+    atomic_write_json(info_path, info)
+    text = recipe.to_yaml()
+    p = rd.root / "recipe.yaml"
+    if not p.exists() or p.read_text(encoding="utf-8") != text:
+        atomic_write_text(p, text)
+
+
+def _run_worker(run_dir: Path, t: int, stages: list[str], force: bool) -> None:
+    cmd = [sys.executable, "-m", "mrlite", "_worker", str(run_dir), "--iter", str(t), "--stages", ",".join(stages)]
+    if force:
+        cmd.append("--force")
+    log.debug("subprocess: %s", " ".join(cmd))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    rc = subprocess.call(cmd, env=env)
+    if rc != 0:
+        where = f"iter {t} {'+'.join(stages)}" if t else "eft"
+        raise StageFailed(f"{where} failed in its subprocess (exit {rc}); see the message above and {run_dir}/log.txt")
+
+
+def run(recipe: Recipe, out: str | Path | None = None, *, only: str | None = None, from_stage: str | None = None,
+        iters: list[int] | None = None, force: bool = False, isolate: bool | None = None) -> RunReport:
+    """Run or resume the loop.
+
+    Args:
+        recipe: A validated recipe.
+        out: Run directory (default ``runs/<recipe.name>``).
+        only: Run just this stage (in every selected iteration).
+        from_stage: Recompute from this stage on (in the first selected iteration) and everything after it.
+        iters: Restrict to these iterations (0 = EFT).
+        force: Recompute stages whose inputs or settings changed instead of stopping.
+        isolate: Override ``loop.isolate`` (True: heavy stages in subprocesses).
+
+    Returns:
+        RunReport with what ran and what was cached.
+
+    Raises:
+        RecipeError, RunDirError, StageError, StageFailed: user-fixable problems (one line each).
+    """
+    if only is not None and from_stage is not None:
+        raise RecipeError("--only and --from exclude each other; use one")
+    for name, value in (("--only", only), ("--from", from_stage)):
+        if value is not None and value not in STAGES:
+            raise RecipeError(f"{name} {value!r}: unknown stage; choose one of {', '.join(STAGES)}")
+    if iters:
+        lo = 0 if recipe.eft.enabled else 1
+        bad = [k for k in iters if not lo <= k <= recipe.loop.iterations]
+        if bad:
+            raise RecipeError(f"--iter {bad[0]} is outside this recipe's iterations {lo}..{recipe.loop.iterations}")
+    rd = RunDir(Path(out) if out is not None else default_out(recipe))
+    rd.acquire_lock()
+    handler = None
+    try:
+        _init_run_dir(recipe, rd)
+        handler = add_file_log(rd.root / "log.txt")
+        log.debug("mrlite %s: run %s in %s", __version__, recipe.name, rd.root)
+        steps = plan(recipe, only, iters)
+        if from_stage is not None:
+            _forget_from(recipe, rd, steps, from_stage)
+        report = RunReport(rd.root)
+        isolate_heavy = _isolate(recipe, isolate)
+        for group in _groups(steps):
+            t = group[0][0]
+            ctx = StageContext(recipe, rd, t, force)
+            todo = []
+            for _, s in group:
+                st, marker = state(ctx, s)
+                if st in ("missing", "stale"):
+                    todo.append(s)
+            if isolate_heavy and todo and any(s in HEAVY_STAGES for s in todo):
+                for s in todo:  # surface a stale marker here, before a subprocess starts
+                    if state(ctx, s)[0] == "stale" and not force:
+                        run_stage(ctx, s)
+                for _, s in group:
+                    if s not in todo and state(ctx, s)[0] == "done":
+                        run_stage(ctx, s)
+                        report.steps.append((t, s, "cached"))
+                _run_worker(rd.root, t, todo, force)
+                report.steps.extend((t, s, "ran") for s in todo)
+            else:
+                try:
+                    for _, s in group:
+                        report.steps.append((t, s, run_stage(ctx, s)))
+                finally:
+                    ctx.close()
+        return report
+    finally:
+        if handler is not None:
+            logging.getLogger("mrlite").removeHandler(handler)
+            handler.close()
+        rd.release_lock()
+
+
+def _forget_from(recipe: Recipe, rd: RunDir, steps: list[tuple[int, str]], stage: str) -> None:
+    """``--from S``: drop the markers of S in the first selected iteration and of every later step."""
+    start = next(((t, s) for t, s in steps if s == stage), None)
+    if start is None:
+        raise RecipeError(f"--from {stage}: that stage does not run in the selected iterations")
+    everything = plan(recipe)
+    for t, s in everything[everything.index(start):]:
+        rd.remove_marker(t, s)
+
+
+def run_worker(run_dir: Path, t: int, stages: list[str], force: bool) -> None:
+    """Body of ``python -m mrlite _worker``: run some stages of one iteration in this process."""
+    from mrlite.recipe import load_recipe
+
+    rd = RunDir(run_dir)
+    recipe = load_recipe(rd.root / "recipe.yaml")
+    handler = add_file_log(rd.root / "log.txt")
+    ctx = StageContext(recipe, rd, t, force)
+    try:
+        for s in stages:
+            run_stage(ctx, s)
+    finally:
+        ctx.close()
+        logging.getLogger("mrlite").removeHandler(handler)
+        handler.close()
+
+
+__all__ = ["run", "plan", "run_worker", "RunReport", "StageFailed", "StageError"]

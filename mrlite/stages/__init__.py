@@ -1,0 +1,220 @@
+"""Stage registry, the shared stage context, and the runner that skips, checks and marks stages.
+
+A stage module exposes ``applies(ctx)``, ``inputs(ctx)``, ``outputs(ctx)``, ``config(ctx)``, ``run(ctx)`` and
+``summary_line(t, summary)``. The runner decides cached / stale / missing from the marker, runs the stage,
+then writes the marker LAST (conventions.md §4.6). Exercised by: ``mrlite run recipes/smoke.yaml``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+from mrlite import __version__
+from mrlite.recipe import Recipe
+from mrlite.rundir import RunDir, RunDirError, config_hash, fingerprint
+
+log = logging.getLogger(__name__)
+
+STAGES = ("eft", "sample", "judge", "meta_judge", "pairs", "train")
+"""Every stage, in order. ``eft`` runs once, as iteration 0; the others run in every iteration."""
+ITER_STAGES = STAGES[1:]
+GENERATION_STAGES = ("sample", "judge", "meta_judge")
+HEAVY_STAGES = ("eft", "sample", "judge", "meta_judge", "train")
+
+
+class StageError(RuntimeError):
+    """A stage cannot proceed for a reason the user can act on. One line."""
+
+
+@dataclass
+class StageContext:
+    recipe: Recipe
+    run: RunDir
+    t: int
+    force: bool = False
+    _generators: dict = field(default_factory=dict)
+
+    def dir(self) -> Path:
+        return self.run.iter_dir(self.t)
+
+    def path(self, name: str) -> Path:
+        return self.run.path(self.t, name)
+
+    # -- models -------------------------------------------------------------------------------------------
+    def policy_dir(self) -> Path | None:
+        """Merged model directory of M_{t-1}, or None when M_{t-1} is the (un-fine-tuned) base."""
+        prev = self.t - 1
+        if prev < 0 or (prev == 0 and not self.recipe.eft.enabled):
+            return None
+        return self.run.path(prev, "model")
+
+    def policy_fingerprint(self) -> str:
+        d = self.policy_dir()
+        if d is None:
+            m = self.recipe.model
+            return f"{m.base}@{m.revision or ''}"
+        return fingerprint(d / "lineage.json") if (d / "lineage.json").exists() else fingerprint(d)
+
+    def policy_model(self) -> str:
+        """A loadable model for M_{t-1} (resolves aliases such as smollm2-135m; may convert once)."""
+        d = self.policy_dir()
+        if d is not None:
+            if not d.is_dir():
+                raise StageError(f"iteration {self.t} needs the model of iteration {self.t - 1} at {d}; "
+                                 f"run iteration {self.t - 1} first")
+            return str(d)
+        return resolve_base(self.recipe)
+
+    def generator(self):
+        """One generator per process and model: actor, judge and meta-judge of an iteration share it."""
+        model = self.policy_model()
+        if model not in self._generators:
+            from mrlite.backends import load_generator
+
+            for g in self._generators.values():
+                g.close()
+            self._generators.clear()
+            self._generators[model] = load_generator(self.recipe, model)
+        return self._generators[model]
+
+    def close(self) -> None:
+        for g in self._generators.values():
+            g.close()
+        self._generators.clear()
+
+
+def resolve_base(recipe: Recipe) -> str:
+    if recipe.model.base == "fake":
+        return "fake"
+    from mrlite.models import resolve_model
+
+    return resolve_model(recipe.model.base, revision=recipe.model.revision)
+
+
+def module(stage: str) -> ModuleType:
+    return importlib.import_module(f"mrlite.stages.{stage}")
+
+
+def stage_iterations(recipe: Recipe, stage: str) -> list[int]:
+    if stage == "eft":
+        return [0] if recipe.eft.enabled else []
+    return list(range(1, recipe.loop.iterations + 1))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# state of one stage
+
+
+def _input_fingerprints(ctx: StageContext, mod: ModuleType) -> dict[str, str]:
+    out = {}
+    for p in mod.inputs(ctx):
+        key = p.relative_to(ctx.run.root).as_posix() if p.is_relative_to(ctx.run.root) else str(p)
+        out[key] = fingerprint(p)
+    return out
+
+
+def expected_marker_keys(ctx: StageContext, stage: str) -> dict:
+    mod = module(stage)
+    cfg = mod.config(ctx)
+    return {"inputs": _input_fingerprints(ctx, mod), "config_hash": config_hash(cfg)}
+
+
+def state(ctx: StageContext, stage: str) -> tuple[str, dict | None]:
+    """``("done" | "stale" | "missing" | "n/a", marker)`` for one stage of one iteration."""
+    mod = module(stage)
+    if not mod.applies(ctx):
+        return "n/a", None
+    marker = ctx.run.read_marker(ctx.t, stage)
+    if marker is None:
+        return "missing", None
+    exp = expected_marker_keys(ctx, stage)
+    if marker.get("inputs") != exp["inputs"] or marker.get("config_hash") != exp["config_hash"]:
+        return "stale", marker
+    if any(not p.exists() for p in mod.outputs(ctx)):
+        return "stale", marker
+    return "done", marker
+
+
+def _why_stale(ctx: StageContext, stage: str, marker: dict) -> str:
+    exp = expected_marker_keys(ctx, stage)
+    if marker.get("config_hash") != exp["config_hash"]:
+        return "its recipe settings changed"
+    changed = [k for k, v in exp["inputs"].items() if marker.get("inputs", {}).get(k) != v]
+    if changed:
+        return f"its inputs changed ({', '.join(changed)})"
+    return "an output file is missing"
+
+
+def run_stage(ctx: StageContext, stage: str) -> str:
+    """Run one stage of one iteration unless its marker is current. Returns the status it ended in."""
+    mod = module(stage)
+    st, marker = state(ctx, stage)
+    if st == "n/a":
+        return st
+    label = f"iter {ctx.t} {stage}" if stage != "eft" else "eft"
+    if st == "done":
+        log.info("✓ %s (cached, %s rows)", label, marker.get("n_out"))
+        return "cached"
+    if st == "stale":
+        if not ctx.force:
+            raise RunDirError(
+                f"{ctx.run.marker_path(ctx.t, stage)}: {label} was computed before but {_why_stale(ctx, stage, marker)}; "
+                "re-run with --force to recompute it (and what follows), or use a new --out"
+            )
+        log.info("↻ %s is stale (%s): recomputing", label, _why_stale(ctx, stage, marker))
+        ctx.run.remove_marker(ctx.t, stage)
+    for p in mod.inputs(ctx):
+        if not p.exists() and p.is_relative_to(ctx.run.root):
+            raise StageError(f"{label} needs {p.relative_to(ctx.run.root)}, which is missing; "
+                             "run the earlier stages first (drop --only, or use --from)")
+    ctx.dir().mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    summary = mod.run(ctx)
+    seconds = time.monotonic() - t0
+    exp = expected_marker_keys(ctx, stage)
+    new_marker = {
+        "stage": stage,
+        "iter": ctx.t,
+        "n_in": summary.get("n_in"),
+        "n_out": summary.get("n_out"),
+        "inputs": exp["inputs"],
+        "outputs": [p.relative_to(ctx.run.root).as_posix() for p in mod.outputs(ctx)],
+        "config": mod.config(ctx),
+        "config_hash": exp["config_hash"],
+        "summary": summary,
+        "mrlite_version": __version__,
+    }
+    fault_point(f"{stage}:before_marker")
+    ctx.run.write_marker(ctx.t, stage, new_marker)
+    parts = ctx.run.parts_dir(ctx.t, stage)
+    if parts.exists():
+        shutil.rmtree(parts)
+    ctx.run.append_timing({"iter": ctx.t, "stage": stage, "seconds": round(seconds, 3)})
+    log.info("%s, %.1fs", mod.summary_line(ctx.t, summary), seconds)
+    return "ran"
+
+
+def fault_point(name: str) -> None:
+    """Die here (``os._exit(99)``) when ``MRLITE_FAULT`` names this point — for the kill/resume tests.
+
+    ``MRLITE_FAULT=judge:chunk@2`` dies at the second time the ``judge:chunk`` point is reached.
+    """
+    spec = os.environ.get("MRLITE_FAULT")
+    if not spec:
+        return
+    target, _, count = spec.partition("@")
+    if target != name:
+        return
+    _FAULT_COUNTS[name] = _FAULT_COUNTS.get(name, 0) + 1
+    if _FAULT_COUNTS[name] >= int(count or 1):
+        os._exit(99)
+
+
+_FAULT_COUNTS: dict[str, int] = {}

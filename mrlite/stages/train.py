@@ -1,0 +1,82 @@
+"""Stage ``train``: one DPO step per iteration on actor pairs ∪ judge pairs, then merge → M_t.
+
+Algorithm.md Part A step 6: a fresh LoRA on M_{t-1} (reference = M_{t-1}, i.e. the adapter disabled), β from
+the recipe, plain concatenation of both pair sets; the adapter is merged into a full-precision copy of
+M_{t-1} (never into 4-bit). An iteration without pairs stops the run with a clear message rather than start
+the next iteration on an untrained model. Writes ``adapter/``, ``model/`` and ``train_metrics.jsonl``.
+Exercised by: ``mrlite run recipes/smoke.yaml --only train --iter 1``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from mrlite.rundir import atomic_write_jsonl, fingerprint, iter_jsonl, replace_dir
+from mrlite.stages import StageContext, StageError, fault_point
+
+TRAIN_KEYS = ("prompt", "chosen", "rejected")
+
+
+def applies(ctx: StageContext) -> bool:
+    return ctx.t >= 1
+
+
+def inputs(ctx: StageContext) -> list[Path]:
+    return [ctx.path("pairs_actor.jsonl"), ctx.path("pairs_judge.jsonl")]
+
+
+def outputs(ctx: StageContext) -> list[Path]:
+    return [ctx.path("adapter"), ctx.path("model"), ctx.path("train_metrics.jsonl")]
+
+
+def config(ctx: StageContext) -> dict:
+    r = ctx.recipe
+    return {"train": r.train.model_dump(mode="json"), "trainer": r.backends.trainer,
+            "policy": ctx.policy_fingerprint(), "seed": r.loop.seed, "model": r.model.model_dump(mode="json")}
+
+
+def run(ctx: StageContext) -> dict:
+    from mrlite.backends import load_trainer
+
+    rows = [{k: row[k] for k in TRAIN_KEYS} | {"pair_id": row["pair_id"]}
+            for name in ("pairs_actor.jsonl", "pairs_judge.jsonl") for row in iter_jsonl(ctx.path(name))]
+    n_actor = sum(1 for r in rows if r["pair_id"].endswith(":actor"))
+    if not rows:
+        raise StageError(
+            f"iter {ctx.t} train: no preference pairs (every prompt's responses tied or lacked scores); not "
+            "starting the next iteration on an untrained model. Raise data.prompts_per_iteration, actor.n or "
+            "judge.n, or check the judge's parse rate (mrlite status)"
+        )
+    tmp = ctx.path("train.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    data = tmp / "rows.jsonl"
+    atomic_write_jsonl(data, rows)
+    base = ctx.policy_model()
+    result = load_trainer(ctx.recipe, ctx.t).train_dpo(data, base, tmp)
+    fault_point("train:before_move")
+    atomic_write_jsonl(ctx.path("train_metrics.jsonl"), [_untimed(m) for m in result.metrics])
+    replace_dir(tmp / "adapter", ctx.path("adapter"))
+    fault_point("train:between_moves")
+    replace_dir(tmp / "model", ctx.path("model"))
+    shutil.rmtree(tmp)
+    return {"n_in": len(rows), "n_out": result.n_rows - result.n_dropped, "actor_pairs": n_actor,
+            "judge_pairs": len(rows) - n_actor, "dropped_too_long": result.n_dropped,
+            "adapter": fingerprint(ctx.path("adapter"))[:16], **_untimed(result.summary)}
+
+
+def _untimed(d: dict) -> dict:
+    """Drop wall-clock keys: run files must be identical across runs; seconds live in timings.jsonl."""
+    return {k: v for k, v in d.items() if not any(w in k for w in ("second", "runtime", "time", "seconds"))}
+
+
+def summary_line(t: int, s: dict) -> str:
+    loss = ""
+    if s.get("first_loss") is not None:
+        loss = f", loss {s['first_loss']:.4f} → {s['last_loss']:.4f}"
+    margin = f", reward margin {s['last_margin']:.3f}" if s.get("last_margin") is not None else ""
+    return (f"train  iter {t}: DPO on {s['n_in']} pairs ({s['actor_pairs']} actor + {s['judge_pairs']} judge; "
+            f"{s['dropped_too_long']} over max_length dropped), {s.get('steps', '?')} steps{loss}{margin}; "
+            f"merged → iter_{t:02d}/model")
