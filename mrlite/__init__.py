@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from mrlite.recipe import Recipe, RecipeError, load_recipe  # noqa: E402
+from mrlite.recipe import Recipe, RecipeError, load_recipe
 
 
 def run(recipe: Recipe, out=None, **kwargs):
@@ -18,4 +18,4 @@ def run(recipe: Recipe, out=None, **kwargs):
     return _run(recipe, out=out, **kwargs)
 
 
-__all__ = ["Recipe", "RecipeError", "load_recipe", "run", "__version__"]
+__all__ = ["Recipe", "RecipeError", "__version__", "load_recipe", "run"]

@@ -184,6 +184,17 @@ def worker(run_dir, t, stages, force):
     run_worker(Path(run_dir), t, stages.split(","), force)
 
 
+# Commands that live in their own modules (each module imports no torch at import time).
+# One line per command: _register("mrlite.module", "click_command_object_name")
+def _register(module: str, attr: str) -> None:
+    import importlib
+
+    cli.add_command(getattr(importlib.import_module(module), attr))
+
+
+# (end of command registrations)
+
+
 def main() -> None:
     cli(prog_name="mrlite")
 

@@ -28,7 +28,14 @@ from mrlite.log import add_file_log
 from mrlite.recipe import Recipe, RecipeError
 from mrlite.rundir import RunDir, RunDirError, atomic_write_json, atomic_write_text
 from mrlite.stages import (
-    GENERATION_STAGES, HEAVY_STAGES, STAGES, StageContext, StageError, run_stage, stage_iterations, state,
+    GENERATION_STAGES,
+    HEAVY_STAGES,
+    STAGES,
+    StageContext,
+    StageError,
+    run_stage,
+    stage_iterations,
+    state,
 )
 
 log = logging.getLogger(__name__)
@@ -53,7 +60,7 @@ def default_out(recipe: Recipe) -> Path:
 
 def plan(recipe: Recipe, only: str | None = None, iters: list[int] | None = None) -> list[tuple[int, str]]:
     """Ordered (iteration, stage) steps of the run, filtered by ``--only`` / ``--iter``."""
-    steps = [(t, s) for t in range(0, recipe.loop.iterations + 1) for s in STAGES if t in stage_iterations(recipe, s)]
+    steps = [(t, s) for t in range(recipe.loop.iterations + 1) for s in STAGES if t in stage_iterations(recipe, s)]
     if iters is not None:
         steps = [(t, s) for t, s in steps if t in iters]
     if only is not None:
@@ -101,7 +108,7 @@ def _git_sha() -> str | None:
 def _init_run_dir(recipe: Recipe, rd: RunDir) -> None:
     """Write recipe.yaml and run.json (first run) or check they belong to this recipe (resume)."""
     info_path = rd.root / "run.json"
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     if info_path.exists():
         try:
             info = json.loads(info_path.read_text())
@@ -184,7 +191,7 @@ def run(recipe: Recipe, out: str | Path | None = None, *, only: str | None = Non
             ctx = StageContext(recipe, rd, t, force)
             todo = []
             for _, s in group:
-                st, marker = state(ctx, s)
+                st, _ = state(ctx, s)
                 if st in ("missing", "stale"):
                     todo.append(s)
             if isolate_heavy and todo and any(s in HEAVY_STAGES for s in todo):
@@ -238,4 +245,4 @@ def run_worker(run_dir: Path, t: int, stages: list[str], force: bool) -> None:
         handler.close()
 
 
-__all__ = ["run", "plan", "run_worker", "RunReport", "StageFailed", "StageError"]
+__all__ = ["RunReport", "StageError", "StageFailed", "plan", "run", "run_worker"]

@@ -10,14 +10,22 @@ import importlib
 import importlib.util
 from typing import TYPE_CHECKING
 
-from mrlite.backends.base import Completion, GenRequest, Generator, Sampling, Trainer, TrainResult
+from mrlite.backends.base import Completion, Generator, GenRequest, Sampling, Trainer, TrainResult
 
 if TYPE_CHECKING:
     from mrlite.recipe import Recipe
 
 __all__ = [
-    "Completion", "GenRequest", "Generator", "Sampling", "Trainer", "TrainResult",
-    "BackendError", "load_generator", "load_trainer", "missing_packages",
+    "BackendError",
+    "Completion",
+    "GenRequest",
+    "Generator",
+    "Sampling",
+    "TrainResult",
+    "Trainer",
+    "load_generator",
+    "load_trainer",
+    "missing_packages",
 ]
 
 GENERATORS = {

@@ -21,10 +21,7 @@ from mrlite.parsing import SCORE_LABEL, WINNER_LABEL, has_score, has_winner
 from mrlite.recipe import Recipe
 from mrlite.rundir import atomic_write_json, atomic_write_text, iter_jsonl, sha256_file
 
-_WORDS = (
-    "clear concise helpful answer detail example step reason because therefore first second finally note "
-    "consider simple careful context summary point idea result method check useful further overall"
-).split()
+_WORDS = ["clear", "concise", "helpful", "answer", "detail", "example", "step", "reason", "because", "therefore", "first", "second", "finally", "note", "consider", "simple", "careful", "context", "summary", "point", "idea", "result", "method", "check", "useful", "further", "overall"]
 
 
 def _u(*parts: object) -> float:
@@ -98,7 +95,7 @@ class FakeGenerator:
                     text = self._actor(rid)
                     comps.append(Completion(text, False, len(text.split())))
                     continue
-                text, ok = self._judge(rid, k) if req.role == "judge" else self._meta(rid, k)
+                text, _ = self._judge(rid, k) if req.role == "judge" else self._meta(rid, k)
                 forced = False
                 if req.force == "score" and not has_score(text, self.low, self.high):
                     digit = int(self.low + (self.high - self.low) * _u(self.seed, rid, k, "forced"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from types import ModuleType
 
 from mrlite import __version__
 from mrlite.recipe import Recipe
-from mrlite.rundir import RunDir, RunDirError, config_hash, fingerprint
+from mrlite.rundir import RunDir, RunDirError, config_hash, fault_point, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -199,22 +198,3 @@ def run_stage(ctx: StageContext, stage: str) -> str:
     ctx.run.append_timing({"iter": ctx.t, "stage": stage, "seconds": round(seconds, 3)})
     log.info("%s, %.1fs", mod.summary_line(ctx.t, summary), seconds)
     return "ran"
-
-
-def fault_point(name: str) -> None:
-    """Die here (``os._exit(99)``) when ``MRLITE_FAULT`` names this point — for the kill/resume tests.
-
-    ``MRLITE_FAULT=judge:chunk@2`` dies at the second time the ``judge:chunk`` point is reached.
-    """
-    spec = os.environ.get("MRLITE_FAULT")
-    if not spec:
-        return
-    target, _, count = spec.partition("@")
-    if target != name:
-        return
-    _FAULT_COUNTS[name] = _FAULT_COUNTS.get(name, 0) + 1
-    if _FAULT_COUNTS[name] >= int(count or 1):
-        os._exit(99)
-
-
-_FAULT_COUNTS: dict[str, int] = {}

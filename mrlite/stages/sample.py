@@ -71,7 +71,7 @@ def run(ctx: StageContext) -> dict:
                            seed=derive_seed(r.loop.seed, ctx.t, "sample", p["prompt_id"]), role="actor")]
 
     def collect(p: dict, outs) -> tuple[list[dict], dict]:
-        (req, comps), = outs
+        (_, comps), = outs
         rows, seen, st = [], set(), {"empty": 0, "duplicates": 0, "generated": 0}
         if comps is None:
             return rows, {"prompts_too_long": 1}
