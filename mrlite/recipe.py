@@ -154,6 +154,28 @@ class PairsCfg(_Section):
         return v
 
 
+class GuardrailsCfg(_Section):
+    """Automatic stops for what the paper had to watch by hand (judge training ended after iteration 2
+    because the meta-judge's biases grew: score bias 63 % → 97.7 %, Part B §8). None disables a check."""
+
+    max_positional_bias: float | None = Field(
+        0.9, gt=0.5, le=1.0, description="Stop judge training when one slot (A or B) wins more than this share "
+        "of decided meta-judge battles in an iteration."
+    )
+    max_score_bias: float | None = Field(
+        0.95, gt=0.5, le=1.0, description="Stop judge training when the higher-scored judgment wins more than "
+        "this share of decided battles between judgments with different scores (paper: 0.977 at iteration 2)."
+    )
+    max_same_score_share: float | None = Field(
+        0.9, gt=0.0, le=1.0, description="Stop judge training when more than this share of valid judgments give "
+        "the same score (the judge has collapsed, e.g. 'always 5')."
+    )
+    warn_judge_share: float | None = Field(
+        None, gt=0.0, le=1.0, description="Warn when judge pairs exceed this share of the DPO set (NeMo-Aligner: "
+        "above ~15 % the judge collapses to 'always 5'; e.g. 0.15). pairs.judge_share_cap enforces a cap."
+    )
+
+
 class LoraCfg(_Section):
     r: int = Field(16, ge=1)
     alpha: int = Field(32, ge=1)
@@ -228,6 +250,7 @@ class Recipe(_Section):
     judge: JudgeCfg = Field(default_factory=JudgeCfg)
     meta_judge: MetaJudgeCfg = Field(default_factory=MetaJudgeCfg)
     pairs: PairsCfg = Field(default_factory=PairsCfg)
+    guardrails: GuardrailsCfg = Field(default_factory=GuardrailsCfg)
     train: TrainCfg = Field(default_factory=TrainCfg)
     backends: BackendsCfg = Field(default_factory=BackendsCfg)
 

@@ -26,7 +26,16 @@ from mrlite.stages._gen import generate_in_chunks, sampling_of
 
 def applies(ctx: StageContext) -> bool:
     mj = ctx.recipe.meta_judge
-    return ctx.t >= 1 and mj.enabled and ctx.t in mj.iterations
+    return ctx.t >= 1 and mj.enabled and ctx.t in mj.iterations and judge_training_stopped(ctx) is None
+
+
+def judge_training_stopped(ctx: StageContext) -> str | None:
+    """The guardrail that stopped judge training in an earlier iteration (from its pairs marker), if any."""
+    for s in range(1, ctx.t):
+        m = ctx.run.read_marker(s, "pairs")
+        if m and m.get("summary", {}).get("guardrail"):
+            return f"iteration {s}: {m['summary']['guardrail']}"
+    return None
 
 
 def inputs(ctx: StageContext) -> list[Path]:

@@ -8,6 +8,8 @@ Writes ``pairs_actor.jsonl`` and ``pairs_judge.jsonl``. Exercised by: ``mrlite r
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,8 @@ from mrlite.prompts import render_judge
 from mrlite.recipe import per_iter
 from mrlite.rundir import atomic_write_jsonl, derive_seed, read_jsonl
 from mrlite.stages import StageContext, module
+
+log = logging.getLogger(__name__)
 
 
 def applies(ctx: StageContext) -> bool:
@@ -39,7 +43,7 @@ def outputs(ctx: StageContext) -> list[Path]:
 
 def config(ctx: StageContext) -> dict:
     p, t = ctx.recipe.pairs, ctx.t
-    return {"rho": per_iter(p.rho, t), "length_unit": p.length_unit,
+    return {"guardrails": ctx.recipe.guardrails.model_dump(mode="json"),"rho": per_iter(p.rho, t), "length_unit": p.length_unit,
             "max_chosen_chars": per_iter(p.max_chosen_chars, t),
             "judge_max_chosen_chars": per_iter(p.judge_max_chosen_chars, t), "judge_share_cap": p.judge_share_cap,
             "position_weights": ctx.recipe.meta_judge.position_weights, "meta": _meta_on(ctx),
@@ -141,6 +145,26 @@ def judge_pairs(ctx: StageContext, prompts, responses, judgments, metas, n_actor
     return rows, st
 
 
+def guardrail(ctx: StageContext, judgments: list[dict], metas: list[dict]) -> str | None:
+    """Why judge training must stop at this iteration (recipe ``guardrails``), or None."""
+    g = ctx.recipe.guardrails
+    pb = diagnostics.positional_bias([m["winner"] for m in metas])
+    if g.max_positional_bias is not None and pb is not None and max(pb, 1 - pb) > g.max_positional_bias:
+        return (f"meta-judge positional bias: slot {'A' if pb >= 0.5 else 'B'} won {100 * max(pb, 1 - pb):.0f}% "
+                f"of decided battles (> guardrails.max_positional_bias {g.max_positional_bias})")
+    sb = diagnostics.score_bias([(m["a_score"], m["b_score"], m["winner"]) for m in metas])
+    if g.max_score_bias is not None and sb is not None and sb > g.max_score_bias:
+        return (f"meta-judge score bias: the higher-scored judgment won {100 * sb:.0f}% of decided battles "
+                f"(> guardrails.max_score_bias {g.max_score_bias})")
+    valid = [j["score"] for j in judgments if j["score"] is not None]
+    if g.max_same_score_share is not None and valid:
+        top, count = Counter(valid).most_common(1)[0]
+        if count / len(valid) > g.max_same_score_share:
+            return (f"judge collapse: {100 * count / len(valid):.0f}% of judgments give score {top} "
+                    f"(> guardrails.max_same_score_share {g.max_same_score_share})")
+    return None
+
+
 def run(ctx: StageContext) -> dict:
     prompts = read_jsonl(ctx.path("prompts.jsonl"))
     responses = read_jsonl(ctx.path("responses.jsonl"))
@@ -148,10 +172,21 @@ def run(ctx: StageContext) -> dict:
     actor, ast = actor_pairs(ctx, prompts, responses, judgments)
     atomic_write_jsonl(ctx.path("pairs_actor.jsonl"), actor)
     judge, jst = ([], {"no_pair": 0, "too_long": 0, "capped": 0})
+    guard = None
     if _meta_on(ctx):
-        judge, jst = judge_pairs(ctx, prompts, responses, judgments, read_jsonl(ctx.path("meta_judgments.jsonl")),
-                                 len(actor))
+        metas = read_jsonl(ctx.path("meta_judgments.jsonl"))
+        guard = guardrail(ctx, judgments, metas)
+    if guard is not None:
+        log.warning("iter %d: judge training stopped from here on: %s", ctx.t, guard)
+    elif _meta_on(ctx):
+        judge, jst = judge_pairs(ctx, prompts, responses, judgments, metas, len(actor))
     atomic_write_jsonl(ctx.path("pairs_judge.jsonl"), judge)
+    warn = ctx.recipe.guardrails.warn_judge_share
+    total = len(actor) + len(judge)
+    if warn is not None and total and len(judge) / total > warn:
+        log.warning("iter %d: judge pairs are %.0f%% of the DPO set (> %.0f%%); NeMo-Aligner reports judges "
+                    "collapsing to 'always 5' above ~15%%: consider pairs.judge_share_cap", ctx.t,
+                    100 * len(judge) / total, 100 * warn)
     per_resp: dict[str, list] = {}
     for j in judgments:
         per_resp.setdefault(j["response_id"], []).append(j["score"])
@@ -162,7 +197,7 @@ def run(ctx: StageContext) -> dict:
 
     return {
         "n_in": len(prompts), "n_out": len(actor) + len(judge), "actor_pairs": len(actor),
-        "judge_pairs": len(judge), "actor": ast, "judge": jst, "rho": config(ctx)["rho"],
+        "judge_pairs": len(judge), "guardrail": guard, "actor": ast, "judge": jst, "rho": config(ctx)["rho"],
         "chosen_chars": _avg(actor, "chosen_chars"), "rejected_chars": _avg(actor, "rejected_chars"),
         "judge_chosen_chars": _avg(judge, "chosen_chars"),
         "length_score_corr": diagnostics.length_score_correlation(
@@ -172,7 +207,8 @@ def run(ctx: StageContext) -> dict:
 
 def summary_line(t: int, s: dict) -> str:
     a, j = s["actor"], s["judge"]
+    stop = f"; JUDGE TRAINING STOPPED: {s['guardrail']}" if s.get("guardrail") else ""
     return (f"pairs  iter {t}: {s['actor_pairs']} actor pairs (rho {s['rho']}, {a['no_pair']} prompts without a "
             f"pair, {a['too_long']} over the length cap; chosen {s['chosen_chars']} vs rejected "
             f"{s['rejected_chars']} chars), {s['judge_pairs']} judge pairs ({j['no_pair']} without, "
-            f"{j['too_long']} over the cap, {j['capped']} over the share cap)")
+            f"{j['too_long']} over the cap, {j['capped']} over the share cap){stop}")
