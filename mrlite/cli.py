@@ -97,9 +97,10 @@ def run_cmd(recipe, sets, out, only, from_stage, iters, force, verbose, quiet):
     _setup(verbose, quiet)
     r = load_recipe(recipe, sets)
     out = out or str(default_out(r))
-    if not quiet:
-        click.echo(f"# resolved recipe ({recipe}) → {out}/recipe.yaml", err=True)
+    if verbose:
         click.echo(r.to_yaml().rstrip(), err=True)
+    if not quiet:
+        click.echo(f"mrlite run {r.name} → {out} (resolved recipe: {out}/recipe.yaml; -v prints it)", err=True)
     report = run_loop(r, out, only=only, from_stage=from_stage, iters=list(iters) or None, force=force)
     ran = sum(1 for *_, s in report.steps if s == "ran")
     cached = sum(1 for *_, s in report.steps if s == "cached")

@@ -127,10 +127,24 @@ def _init_run_dir(recipe: Recipe, rd: RunDir) -> None:
                 "host": socket.gethostname(), "python": platform.python_version(), "packages": _versions(),
                 "git_sha": _git_sha()}
     atomic_write_json(info_path, info)
+
+
+def _save_recipe(recipe: Recipe, rd: RunDir) -> None:
+    """recipe.yaml = the recipe as run (workers read it). Rewritten only when it changed."""
     text = recipe.to_yaml()
     p = rd.root / "recipe.yaml"
     if not p.exists() or p.read_text(encoding="utf-8") != text:
         atomic_write_text(p, text)
+
+
+def _preflight(recipe: Recipe, rd: RunDir, steps: list[tuple[int, str]], force: bool) -> None:
+    """Refuse a stale marker before anything is written (so a refused run changes no file)."""
+    if force:
+        return
+    for t, s in steps:
+        st, _ = state(StageContext(recipe, rd, t), s)
+        if st == "stale":
+            run_stage(StageContext(recipe, rd, t), s)  # raises the one-line stale error
 
 
 def _run_worker(run_dir: Path, t: int, stages: list[str], force: bool) -> None:
@@ -178,12 +192,17 @@ def run(recipe: Recipe, out: str | Path | None = None, *, only: str | None = Non
     rd.acquire_lock()
     handler = None
     try:
-        _init_run_dir(recipe, rd)
-        handler = add_file_log(rd.root / "log.txt")
-        log.debug("mrlite %s: run %s in %s", __version__, recipe.name, rd.root)
         steps = plan(recipe, only, iters)
         if from_stage is not None:
-            _forget_from(recipe, rd, steps, from_stage)
+            _check_from(steps, from_stage)
+        else:
+            _preflight(recipe, rd, steps, force)
+        _init_run_dir(recipe, rd)
+        _save_recipe(recipe, rd)
+        handler = add_file_log(rd.root / "log.txt")
+        log.debug("mrlite %s: run %s in %s\n%s", __version__, recipe.name, rd.root, recipe.to_yaml())
+        if from_stage is not None:
+            _forget_from(rd, steps, from_stage)
         report = RunReport(rd.root)
         isolate_heavy = _isolate(recipe, isolate)
         for group in _groups(steps):
@@ -195,9 +214,6 @@ def run(recipe: Recipe, out: str | Path | None = None, *, only: str | None = Non
                 if st in ("missing", "stale"):
                     todo.append(s)
             if isolate_heavy and todo and any(s in HEAVY_STAGES for s in todo):
-                for s in todo:  # surface a stale marker here, before a subprocess starts
-                    if state(ctx, s)[0] == "stale" and not force:
-                        run_stage(ctx, s)
                 for _, s in group:
                     if s not in todo and state(ctx, s)[0] == "done":
                         run_stage(ctx, s)
@@ -218,13 +234,20 @@ def run(recipe: Recipe, out: str | Path | None = None, *, only: str | None = Non
         rd.release_lock()
 
 
-def _forget_from(recipe: Recipe, rd: RunDir, steps: list[tuple[int, str]], stage: str) -> None:
-    """``--from S``: drop the markers of S in the first selected iteration and of every later step."""
+def _check_from(steps: list[tuple[int, str]], stage: str) -> tuple[int, str]:
     start = next(((t, s) for t, s in steps if s == stage), None)
     if start is None:
         raise RecipeError(f"--from {stage}: that stage does not run in the selected iterations")
-    everything = plan(recipe)
-    for t, s in everything[everything.index(start):]:
+    return start
+
+
+def _forget_from(rd: RunDir, steps: list[tuple[int, str]], stage: str) -> None:
+    """``--from S``: drop the markers of S in the first selected iteration and of every later selected step.
+
+    Iterations outside ``--iter`` keep their markers; if their inputs changed, the next run reports them stale.
+    """
+    start = _check_from(steps, stage)
+    for t, s in steps[steps.index(start):]:
         rd.remove_marker(t, s)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -340,10 +341,18 @@ def _known_fields(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(getattr(cur, "model_fields", {}).keys())
 
 
+_TYPE_TAG = re.compile(r"(int|float|str|bool|none|(function|literal|list|tuple|dict|nullable|union)\b.*)")
+
+
+def _is_type_tag(part: object) -> bool:
+    """Pydantic puts union members and validators in ``loc`` (``budget.int``, ``literal['all']``): not fields."""
+    return isinstance(part, str) and _TYPE_TAG.fullmatch(part) is not None
+
+
 def _format_error(err: ValidationError, source: str) -> str:
     msgs = []
     for e in err.errors():
-        loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith(("function-", "literal["))))
+        loc = e["loc"] if e["type"] == "extra_forbidden" else tuple(x for x in e["loc"] if not _is_type_tag(x))
         path = ".".join(str(x) for x in loc) or "(top level)"
         if e["type"] == "extra_forbidden":
             known = _known_fields(Recipe, loc)

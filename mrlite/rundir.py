@@ -192,10 +192,11 @@ class RunDir:
         if not p.exists():
             return None
         try:
-            return json.loads(p.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, OSError):
+            marker = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
             # A marker is written atomically, so a bad one was edited by hand: treat as absent (stage re-runs).
             return None
+        return marker if isinstance(marker, dict) else None
 
     def write_marker(self, t: int, stage: str, marker: dict) -> None:
         atomic_write_json(self.marker_path(t, stage), marker)
@@ -225,9 +226,19 @@ class RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         lock = self.root / ".lock"
         me = {"pid": os.getpid(), "host": socket.gethostname()}
+        # The lock appears with its content already in it (tmp file + hard link), so another process never
+        # reads a half-written lock and mistakes it for garbage.
+        tmp = self.root / f".lock.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(me))
+        try:
+            self._link_lock(tmp, lock)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _link_lock(self, tmp: Path, lock: Path) -> None:
         for _ in range(2):
             try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.link(tmp, lock)
             except FileExistsError:
                 holder = _read_lock(lock)
                 if holder and _alive(holder):
@@ -237,8 +248,6 @@ class RunDir:
                     ) from None
                 lock.unlink(missing_ok=True)  # stale lock from a killed run
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
             return
         raise RunDirError(f"{lock}: could not take the run lock; delete the file if no run is active")
 
@@ -251,9 +260,12 @@ class RunDir:
 
 def _read_lock(lock: Path) -> dict | None:
     try:
-        return json.loads(lock.read_text())
-    except (OSError, json.JSONDecodeError):
+        holder = json.loads(lock.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+    # Anything but {"pid": int > 0, "host": str} (a bare pid, a half-written file) is garbage: take it over.
+    ok = isinstance(holder, dict) and isinstance(holder.get("pid"), int) and holder["pid"] > 0
+    return holder if ok and isinstance(holder.get("host"), str) else None
 
 
 def _alive(holder: dict) -> bool:

@@ -143,7 +143,7 @@ class FakeTrainer:
         adapter.mkdir(parents=True, exist_ok=True)
         atomic_write_json(adapter / "adapter_config.json", {
             "peft_type": "LORA", "r": cfg.lora.r, "lora_alpha": cfg.lora.alpha,
-            "target_modules": cfg.lora.target_modules, "base_model_name_or_path": str(base), "fake": True,
+            "target_modules": cfg.lora.target_modules, "base_model_name_or_path": _model_identity(base), "fake": True,
         })
         _write_safetensors(adapter / "adapter_model.safetensors", "lora_B",
                            [round(_u(digest, i) - 0.5, 6) for i in range(16)])

@@ -195,6 +195,8 @@ def run_stage(ctx: StageContext, stage: str) -> str:
     parts = ctx.run.parts_dir(ctx.t, stage)
     if parts.exists():
         shutil.rmtree(parts)
+    if parts.parent.exists() and not any(parts.parent.iterdir()):
+        parts.parent.rmdir()
     ctx.run.append_timing({"iter": ctx.t, "stage": stage, "seconds": round(seconds, 3)})
     log.info("%s, %.1fs", mod.summary_line(ctx.t, summary), seconds)
     return "ran"

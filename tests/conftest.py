@@ -1,0 +1,37 @@
+"""Shared fixtures: the smoke recipe and a fresh run directory. GPU-only test files are dropped without CUDA."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+import mrlite
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+def _cuda_available() -> bool:
+    if importlib.util.find_spec("torch") is None:  # never import torch when it is absent
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# Importing torch costs seconds, so only ask when a GPU test file exists.
+collect_ignore_glob = ["*_gpu.py"] if any(TESTS.glob("*_gpu.py")) and not _cuda_available() else []
+
+
+@pytest.fixture
+def smoke_recipe() -> mrlite.Recipe:
+    """recipes/smoke.yaml, validated (fake backend, 2 iterations)."""
+    return mrlite.load_recipe(REPO / "recipes" / "smoke.yaml")
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    """A run directory that does not exist yet."""
+    return tmp_path / "run"
