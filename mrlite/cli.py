@@ -15,28 +15,42 @@ from mrlite import __version__
 STAGE_NAMES = ("eft", "sample", "judge", "meta_judge", "pairs", "train")
 
 
+WORKER_USER_ERROR = 3
+"""Exit code of a stage subprocess that already printed a one-line user error (the parent adds nothing)."""
+
+
+def user_error_types() -> tuple[type[Exception], ...]:
+    from mrlite.backends import BackendError
+    from mrlite.loop import StageFailed
+    from mrlite.recipe import RecipeError
+    from mrlite.rundir import RunDirError
+    from mrlite.sources import SourceError
+    from mrlite.stages import StageError
+
+    types: tuple = (RecipeError, RunDirError, StageError, StageFailed, BackendError, SourceError)
+    try:
+        from mrlite.models import ModelError
+
+        types += (ModelError,)
+    except ImportError:
+        pass
+    return types
+
+
 def _user_errors(fn):
     """Turn errors a user can fix into one ``Error: ...`` line and exit code 1 (no traceback)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from mrlite.backends import BackendError
         from mrlite.loop import StageFailed
-        from mrlite.recipe import RecipeError
-        from mrlite.rundir import RunDirError
-        from mrlite.sources import SourceError
-        from mrlite.stages import StageError
 
-        types: tuple = (RecipeError, RunDirError, StageError, StageFailed, BackendError, SourceError)
-        try:
-            from mrlite.models import ModelError
-
-            types += (ModelError,)
-        except ImportError:
-            pass
         try:
             return fn(*args, **kwargs)
-        except types as e:
+        except StageFailed as e:
+            if e.quiet:  # the stage subprocess printed its one line already
+                sys.exit(1)
+            raise click.ClickException(str(e)) from None
+        except user_error_types() as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
             click.echo("\nInterrupted. Run the same command again to resume where it stopped.", err=True)
@@ -99,8 +113,6 @@ def run_cmd(recipe, sets, out, only, from_stage, iters, force, verbose, quiet):
     out = out or str(default_out(r))
     if verbose:
         click.echo(r.to_yaml().rstrip(), err=True)
-    if not quiet:
-        click.echo(f"mrlite run {r.name} → {out} (resolved recipe: {out}/recipe.yaml; -v prints it)", err=True)
     report = run_loop(r, out, only=only, from_stage=from_stage, iters=list(iters) or None, force=force)
     ran = sum(1 for *_, s in report.steps if s == "ran")
     cached = sum(1 for *_, s in report.steps if s == "cached")
@@ -174,7 +186,6 @@ def recipes(name):
 @click.option("--iter", "t", type=int, required=True)
 @click.option("--stages", required=True)
 @click.option("--force", is_flag=True)
-@_user_errors
 def worker(run_dir, t, stages, force):
     """Internal: run some stages of one iteration in this process (started by `mrlite run`)."""
     from pathlib import Path
@@ -182,7 +193,11 @@ def worker(run_dir, t, stages, force):
     from mrlite.loop import run_worker
 
     _setup(0, False)
-    run_worker(Path(run_dir), t, stages.split(","), force)
+    try:
+        run_worker(Path(run_dir), t, stages.split(","), force)
+    except user_error_types() as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(WORKER_USER_ERROR)
 
 
 # Commands that live in their own modules (each module imports no torch at import time).
@@ -193,6 +208,9 @@ def _register(module: str, attr: str) -> None:
     cli.add_command(getattr(importlib.import_module(module), attr))
 
 
+_register("mrlite.cli_eval", "data_group")
+_register("mrlite.cli_eval", "eval_cmd")
+_register("mrlite.cli_eval", "report_cmd")
 # (end of command registrations)
 
 

@@ -45,7 +45,11 @@ PACKAGES = ("click", "pydantic", "numpy", "torch", "transformers", "peft", "trl"
 
 
 class StageFailed(RuntimeError):
-    """A stage subprocess exited non-zero; its own message was printed above."""
+    """A stage subprocess exited non-zero. ``quiet``: it printed its own one-line error already."""
+
+    def __init__(self, message: str, quiet: bool = False):
+        super().__init__(message)
+        self.quiet = quiet
 
 
 @dataclass
@@ -138,13 +142,39 @@ def _save_recipe(recipe: Recipe, rd: RunDir) -> None:
 
 
 def _preflight(recipe: Recipe, rd: RunDir, steps: list[tuple[int, str]], force: bool) -> None:
-    """Refuse a stale marker before anything is written (so a refused run changes no file)."""
-    if force:
-        return
+    """Check what can be checked before anything is written, so a refused run changes no file: stale markers,
+    missing backend packages, the prompt and EFT sources of stages that still have to run."""
+    todo = []
     for t, s in steps:
         st, _ = state(StageContext(recipe, rd, t), s)
-        if st == "stale":
+        if st == "stale" and not force:
             run_stage(StageContext(recipe, rd, t), s)  # raises the one-line stale error
+        if st in ("stale", "missing"):
+            todo.append(s)
+    if not todo:
+        return
+    from mrlite.backends import BackendError, missing_packages, NEEDS
+
+    for kind, name in (("generator", recipe.backends.generator), ("trainer", recipe.backends.trainer)):
+        missing = missing_packages(name)
+        if missing:
+            raise BackendError(f"backends.{kind} {name!r} needs {', '.join(missing)}: {NEEDS[name][1]}")
+    if "sample" in todo:
+        from mrlite.sources import load_prompt_pool
+
+        d = recipe.data
+        pool = load_prompt_pool(d.prompts, d.column, d.split, d.max_prompt_chars)
+        last = max(t for t, s in steps if s == "sample")
+        if (last - 1) * d.prompts_per_iteration >= len(pool.prompts):
+            raise RecipeError(
+                f"data.prompts has {len(pool.prompts)} usable prompts, but iteration {last} starts at prompt "
+                f"{(last - 1) * d.prompts_per_iteration + 1} (data.prompts_per_iteration {d.prompts_per_iteration}); "
+                "add prompts, or lower data.prompts_per_iteration or loop.iterations"
+            )
+    if "eft" in todo:
+        from mrlite.sources import load_eft_rows
+
+        load_eft_rows(recipe.eft.data)
 
 
 def _run_worker(run_dir: Path, t: int, stages: list[str], force: bool) -> None:
@@ -155,8 +185,11 @@ def _run_worker(run_dir: Path, t: int, stages: list[str], force: bool) -> None:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     rc = subprocess.call(cmd, env=env)
     if rc != 0:
+        from mrlite.cli import WORKER_USER_ERROR
+
         where = f"iter {t} {'+'.join(stages)}" if t else "eft"
-        raise StageFailed(f"{where} failed in its subprocess (exit {rc}); see the message above and {run_dir}/log.txt")
+        raise StageFailed(f"{where} failed in its subprocess (exit {rc}); see the message above and {run_dir}/log.txt",
+                          quiet=rc == WORKER_USER_ERROR)
 
 
 def run(recipe: Recipe, out: str | Path | None = None, *, only: str | None = None, from_stage: str | None = None,
@@ -189,17 +222,18 @@ def run(recipe: Recipe, out: str | Path | None = None, *, only: str | None = Non
         if bad:
             raise RecipeError(f"--iter {bad[0]} is outside this recipe's iterations {lo}..{recipe.loop.iterations}")
     rd = RunDir(Path(out) if out is not None else default_out(recipe))
+    created = not rd.root.exists()
     rd.acquire_lock()
     handler = None
     try:
         steps = plan(recipe, only, iters)
         if from_stage is not None:
             _check_from(steps, from_stage)
-        else:
-            _preflight(recipe, rd, steps, force)
+        _preflight(recipe, rd, steps, force or from_stage is not None)
         _init_run_dir(recipe, rd)
         _save_recipe(recipe, rd)
         handler = add_file_log(rd.root / "log.txt")
+        log.info("mrlite run %s → %s (resolved recipe: %s; -v prints it)", recipe.name, rd.root, rd.root / "recipe.yaml")
         log.debug("mrlite %s: run %s in %s\n%s", __version__, recipe.name, rd.root, recipe.to_yaml())
         if from_stage is not None:
             _forget_from(rd, steps, from_stage)
@@ -232,6 +266,8 @@ def run(recipe: Recipe, out: str | Path | None = None, *, only: str | None = Non
             logging.getLogger("mrlite").removeHandler(handler)
             handler.close()
         rd.release_lock()
+        if created and rd.root.is_dir() and not any(rd.root.iterdir()):
+            rd.root.rmdir()  # refused before anything was written: leave nothing behind
 
 
 def _check_from(steps: list[tuple[int, str]], stage: str) -> tuple[int, str]:

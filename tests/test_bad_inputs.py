@@ -1,0 +1,180 @@
+"""The bad-input matrix: each bad input gives ONE line that names the problem and the fix, a non-zero exit, and
+leaves no partial file behind (the run directory is absent, or unchanged apart from log.txt/run.json)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mrlite.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "recipes" / "smoke.yaml")
+VOLATILE = {"log.txt", "run.json", "timings.jsonl", ".lock"}
+
+
+def _write(path: Path, text: str | bytes) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def _done_run(tmp: Path) -> Path:
+    out = tmp / "run"
+    r = CliRunner().invoke(cli, ["run", SMOKE, "--out", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+# Each case: (id, build(tmp) -> argv, expected fragment of the one error line)
+Case = tuple[str, Callable[[Path], list[str]], str]
+
+
+def _run(*sets: str, out: str | None = None) -> Callable[[Path], list[str]]:
+    def build(tmp: Path) -> list[str]:
+        argv = ["run", SMOKE, "--out", out or str(tmp / "run")]
+        for s in sets:
+            argv += ["--set", s.replace("{tmp}", str(tmp))]
+        return argv
+    return build
+
+
+def _with_file(name: str, content: str | bytes, *sets: str) -> Callable[[Path], list[str]]:
+    def build(tmp: Path) -> list[str]:
+        _write(tmp / name, content)
+        return _run(*sets)(tmp)
+    return build
+
+
+def _recipe_file(content: str) -> Callable[[Path], list[str]]:
+    def build(tmp: Path) -> list[str]:
+        return ["run", _write(tmp / "r.yaml", content), "--out", str(tmp / "run")]
+    return build
+
+
+def _on_done(*extra: str, prepare: Callable[[Path], None] | None = None) -> Callable[[Path], list[str]]:
+    def build(tmp: Path) -> list[str]:
+        out = _done_run(tmp)
+        if prepare:
+            prepare(out)
+        return ["run", SMOKE, "--out", str(out), *extra]
+    return build
+
+
+def _other_recipe(out: Path) -> None:
+    info = json.loads((out / "run.json").read_text())
+    info["recipe_name"] = "someone-else"
+    (out / "run.json").write_text(json.dumps(info))
+
+
+CASES: list[Case] = [
+    # recipe
+    ("unknown key", _run("actor.temprature=0.5"), "did you mean 'temperature'"),
+    ("unknown section", _run("actors.n=2"), "actors: unknown key"),
+    ("wrong type", _run("actor.n=many"), "actor.n"),
+    ("negative K", _run("actor.n=-1"), "actor.n"),
+    ("N<2 with meta-judge", _run("judge.n=1"), "judge.n must be >= 2"),
+    ("rho > 0.5", _run("pairs.rho=[0.6]"), "[0, 0.5]"),
+    ("meta iterations out of range", _run("meta_judge.iterations=[7]"), "outside 1..2"),
+    ("set without =", _run("actor.n"), "expected KEY=VALUE"),
+    ("set with bad YAML", _run("pairs.rho=[0,"), "not valid YAML"),
+    ("missing recipe file", lambda tmp: ["run", str(tmp / "nope.yaml")], "recipe file not found"),
+    ("empty recipe file", _recipe_file(""), "the file is empty"),
+    ("invalid YAML recipe", _recipe_file("name: [x\n"), "not valid YAML"),
+    ("recipe is a list", _recipe_file("- a\n- b\n"), "top level must be a mapping"),
+    ("missing model.base", _recipe_file("name: x\nmodel: {}\n"), "model.base: required field is missing"),
+    ("fake/real mismatch", _run("backends.trainer=trl"), "both be 'fake'"),
+    # data
+    ("prompt file missing", _run("data.prompts={tmp}/none.jsonl"), "not found"),
+    ("empty JSONL", _with_file("p.jsonl", "", "data.prompts={tmp}/p.jsonl"), "no rows"),
+    ("corrupt JSONL", _with_file("p.jsonl", '{"prompt": "a"}\n{"prompt": \n', "data.prompts={tmp}/p.jsonl"),
+     "p.jsonl:2: not valid JSON"),
+    ("JSONL of lists", _with_file("p.jsonl", "[1, 2]\n", "data.prompts={tmp}/p.jsonl"), "expected a JSON object"),
+    ("missing column", _with_file("p.jsonl", '{"text": "hello"}\n', "data.prompts={tmp}/p.jsonl"),
+     "no column 'prompt'; columns are text"),
+    ("duplicate ids", _with_file("p.jsonl", '{"id": 1, "prompt": "a"}\n{"id": 1, "prompt": "b"}\n',
+                                 "data.prompts={tmp}/p.jsonl"), "duplicate id '1'"),
+    ("only empty prompts", _with_file("p.jsonl", '{"prompt": " "}\n{"prompt": ""}\n', "data.prompts={tmp}/p.jsonl"),
+     "no usable prompt"),
+    ("non-UTF-8 file", _with_file("p.csv", b"prompt\n\xff\xfe bad\n", "data.prompts={tmp}/p.csv"), "not UTF-8"),
+    ("unsupported type", _with_file("p.txt", "hello\n", "data.prompts={tmp}/p.txt"), "unsupported file type"),
+    ("prompt is a number", _with_file("p.jsonl", '{"prompt": 3}\n', "data.prompts={tmp}/p.jsonl"), "expected text"),
+    ("pool too small", _run("loop.iterations=12", "meta_judge.iterations=[1]"), "usable prompts, but iteration 12"),
+    ("EFT rows missing fields", _with_file("e.jsonl", '{"prompt": "a", "response": "b"}\n', "eft.enabled=true",
+                                           "eft.data={tmp}/e.jsonl"), "EFT rows need"),
+    # run directory
+    ("run dir of another recipe", _on_done(prepare=_other_recipe), "holds a run of recipe 'someone-else'"),
+    ("stale marker", _on_done("--set", "judge.n=4"), "--force"),
+    ("garbage run.json", _on_done(prepare=lambda out: (out / "run.json").write_text("{oops")), "unreadable run.json"),
+    ("iteration folders without run.json", _on_done(prepare=lambda out: (out / "run.json").unlink()), "no run.json"),
+    # CLI
+    ("iter out of range", _run(), ""),  # placeholder replaced below
+    ("only with from", lambda tmp: ["run", SMOKE, "--out", str(tmp / "run"), "--only", "judge", "--from", "pairs"],
+     "exclude each other"),
+    ("status of a non-run dir", lambda tmp: ["status", str(tmp)], "not a run directory"),
+    ("unknown bundled recipe", lambda tmp: ["recipes", "nope"], "no bundled recipe 'nope'"),
+]
+CASES[CASES.index(next(c for c in CASES if c[0] == "iter out of range"))] = (
+    "iter out of range", lambda tmp: ["run", SMOKE, "--out", str(tmp / "run"), "--iter", "9"], "--iter 9 is outside")
+
+
+def _files(root: Path) -> dict[str, str]:
+    if not root.exists():
+        return {}
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in root.rglob("*") if p.is_file() and p.name not in VOLATILE}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gives_one_line(case: Case, tmp_path: Path) -> None:
+    _, build, fragment = case
+    argv = build(tmp_path)
+    before = _files(tmp_path)
+    r = CliRunner().invoke(cli, argv)
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code != 0
+    assert "Traceback" not in r.output
+    assert len(lines) == 1, r.output
+    assert lines[0].startswith("Error: ") and fragment in lines[0], lines[0]
+    assert _files(tmp_path) == before  # nothing half-written, nothing changed
+
+
+def test_held_lock_is_refused(tmp_path: Path) -> None:
+    out = _done_run(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (out / ".lock").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename}))
+        before = _files(out)
+        r = CliRunner().invoke(cli, ["run", SMOKE, "--out", str(out)])
+        assert r.exit_code == 1
+        assert r.output.strip().count("\n") == 0 and "is in use by another run" in r.output
+        assert _files(out) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_missing_extra_names_the_install_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mrlite.backends as backends
+
+    monkeypatch.setattr(backends, "_available", lambda pkg: pkg not in ("torch", "trl"))
+    r = CliRunner().invoke(cli, ["run", str(ROOT / "recipes" / "tiny.yaml"), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 1
+    assert r.output.strip() == ("Error: backends.generator 'hf' needs torch: pip install 'mrlite[hf]'")
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_stage_is_a_usage_error(tmp_path: Path) -> None:
+    r = CliRunner().invoke(cli, ["run", SMOKE, "--only", "bogus"])
+    assert r.exit_code == 2 and "Invalid value for '--only'" in r.output
