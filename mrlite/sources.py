@@ -35,6 +35,11 @@ def _norm(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()
 
 
+def normalize_prompt(text: str) -> str:
+    """The key duplicates are detected by: lower case, whitespace runs collapsed, ends stripped."""
+    return _norm(text)
+
+
 def _read_rows(spec: str, split: str) -> tuple[list[dict], str]:
     """Rows of a source and an identity string (content hash for files)."""
     p = Path(spec)
@@ -42,6 +47,8 @@ def _read_rows(spec: str, split: str) -> tuple[list[dict], str]:
         ident = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
         suffix = p.suffix.lower()
         try:
+            if suffix == ".json" and _starts_with_bracket(p):  # a JSON array, e.g. AlpacaEval's eval set
+                return _json_array_rows(p), ident
             if suffix in (".jsonl", ".json"):
                 rows = []
                 with open(p, encoding="utf-8") as f:
@@ -60,22 +67,73 @@ def _read_rows(spec: str, split: str) -> tuple[list[dict], str]:
                 with open(p, encoding="utf-8", newline="") as f:
                     return list(csv.DictReader(f)), ident
             if suffix == ".parquet":
-                return _datasets_rows("parquet", split, data_files=str(p)), ident
+                return _datasets_rows("parquet", "train", data_files=str(p)), ident  # one file = one split
         except UnicodeDecodeError:
             raise SourceError(f"{p}: not UTF-8 text; save it as UTF-8 JSONL or CSV") from None
         except OSError as e:
             raise SourceError(f"{p}: cannot read ({e.strerror})") from None
         raise SourceError(f"{p}: unsupported file type {suffix!r}; use .jsonl, .csv or .parquet")
-    if p.exists():
-        raise SourceError(f"{p}: is a directory; point data.prompts at a .jsonl, .csv or .parquet file")
+    if p.is_dir():
+        return _dir_rows(p, split)
     if re.fullmatch(r"[\w.-]+/[\w.-]+", spec) and not spec.endswith((".jsonl", ".csv", ".parquet", ".json")):
         return _datasets_rows(spec, split), f"hub:{spec}:{split}"
-    raise SourceError(f"data source {spec!r} not found (not a file, and not a Hub dataset id owner/name)")
+    raise SourceError(
+        f"data source {spec!r} not found: tried a local file or folder {str(p.resolve())!r} and a Hub dataset id "
+        "(owner/name); use 'builtin', a .jsonl/.csv/.parquet path or a Hub id"
+    )
+
+
+def _starts_with_bracket(p: Path) -> bool:
+    with open(p, encoding="utf-8") as f:
+        head = f.read(4096).lstrip("\ufeff \t\r\n")
+    return head.startswith("[")
+
+
+def _json_array_rows(p: Path) -> list[dict]:
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise SourceError(f"{p}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not all(isinstance(r, dict) for r in data):
+        raise SourceError(f"{p}: expected a JSON array of objects")
+    return data
+
+
+def read_rows(spec: str, split: str = "train") -> tuple[list[dict], str]:
+    """Raw rows of a source (file, folder or Hub id) and its identity; no validation (OA trees, EFT, ...)."""
+    return _read_rows(spec, split)
+
+
+def _dir_rows(p: Path, split: str) -> tuple[list[dict], str]:
+    """A local folder: a dataset saved with ``save_to_disk``, or a Hub-style folder (a snapshot or data files),
+    which ``datasets.load_dataset`` reads exactly as it reads a Hub id (splits from the card or file names)."""
+    from mrlite.rundir import fingerprint
+
+    ident = fingerprint(p)[:16]
+    if (p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file():
+        return _disk_rows(p, split), ident
+    return _datasets_rows(str(p), split), ident
+
+
+def _disk_rows(p: Path, split: str) -> list[dict]:
+    try:
+        import datasets
+    except ImportError:
+        raise SourceError(f"reading {str(p)!r} needs the datasets package: pip install 'mrlite[hf]'") from None
+    try:
+        ds = datasets.load_from_disk(str(p))
+    except Exception as e:  # one line for the user
+        raise SourceError(f"cannot load dataset folder {str(p)!r}: {str(e).splitlines()[0]}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise SourceError(f"{p}: no split {split!r}; splits are {', '.join(ds)}")
+        ds = ds[split]
+    return [dict(r) for r in ds]
 
 
 def _datasets_rows(path: str, split: str, **kw) -> list[dict]:
     try:
-        import datasets  # noqa: PLC0415 - optional, heavy
+        import datasets
     except ImportError:
         raise SourceError(f"reading {path!r} needs the datasets package: pip install 'mrlite[hf]'") from None
     try:
@@ -150,6 +208,40 @@ def load_prompt_pool(spec: str, column: str = "prompt", split: str = "train",
     if not prompts:
         raise SourceError(f"{spec}: no usable prompt left after dropping {stats}")
     return PromptPool(ids, prompts, ident, stats)
+
+
+def drop_long_prompts(pool: PromptPool, token_counts: list[int], max_tokens: int) -> PromptPool:
+    """Drop prompts longer than ``max_tokens`` tokens (counted in ``stats["too_long_tokens"]``).
+
+    Args:
+        pool: A validated pool (``load_prompt_pool``).
+        token_counts: Tokens of each prompt, aligned with ``pool.prompts`` (e.g. ``Generator.count_tokens``).
+        max_tokens: Largest prompt kept.
+
+    Returns:
+        A new PromptPool without the long prompts.
+
+    Raises:
+        SourceError: if no prompt is left.
+    """
+    if len(token_counts) != len(pool.prompts):
+        raise ValueError("token_counts must align with pool.prompts")
+    keep = [i for i, n in enumerate(token_counts) if n <= max_tokens]
+    stats = dict(pool.stats, too_long_tokens=len(pool.prompts) - len(keep))
+    if not keep:
+        raise SourceError(f"every prompt is longer than {max_tokens} tokens; raise the token limit")
+    return PromptPool([pool.ids[i] for i in keep], [pool.prompts[i] for i in keep], pool.identity, stats)
+
+
+def validation_table(pool: PromptPool) -> list[tuple[str, int]]:
+    """``(check, count)`` rows for a pool: rows read, each kind of drop, prompts kept (``mrlite data check``)."""
+    s = pool.stats
+    rows = [("rows read", s.get("rows", 0)), ("empty prompts (dropped)", s.get("empty", 0)),
+            ("duplicates after normalising case/space (dropped)", s.get("duplicates", 0)),
+            ("over the character limit (dropped)", s.get("too_long", 0))]
+    if "too_long_tokens" in s:
+        rows.append(("over the token limit (dropped)", s["too_long_tokens"]))
+    return [*rows, ("prompts kept", len(pool.prompts))]
 
 
 def load_eft_rows(spec: str) -> tuple[list[dict], str]:

@@ -5,6 +5,7 @@ Reads only markers and the saved recipe; imports no torch. Exercised by: ``mrlit
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from mrlite.recipe import load_recipe
@@ -35,7 +36,7 @@ def status_table(run_dir: Path) -> list[dict]:
         raise RunDirError(f"{run_dir}: not a run directory (no recipe.yaml); pass the --out of a run, e.g. runs/smoke")
     recipe = load_recipe(rd.root / "recipe.yaml")
     out = []
-    for t in range(0, recipe.loop.iterations + 1):
+    for t in range(recipe.loop.iterations + 1):
         ctx = StageContext(recipe, rd, t)
         for stage in STAGES:
             if t not in stage_iterations(recipe, stage):
@@ -46,4 +47,38 @@ def status_table(run_dir: Path) -> list[dict]:
             summary = (marker or {}).get("summary", {})
             out.append({"iteration": t, "stage": stage, "state": st,
                         "rows": (marker or {}).get("n_out"), "detail": _detail(stage, summary) if marker else ""})
+    return out + eval_rows(rd)
+
+
+def _pc(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+def eval_rows(rd: RunDir) -> list[dict]:
+    """Rows for ``mrlite eval`` results (win rates, judge quality) and the report, when they exist."""
+    out = []
+    ev = rd.root / "eval" / "summary.json"
+    if ev.is_file():
+        try:
+            s = json.loads(ev.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            s = {}
+        for c in s.get("comparisons", []):
+            ci = c.get("win_rate_ci") or [None, None]
+            out.append({"iteration": c["t"], "stage": "eval", "state": "done", "rows": c["scored"],
+                        "detail": f"vs M{c['base']}: win {_pc(c['win_rate'])} [{_pc(ci[0])}-{_pc(ci[1])}], "
+                                  f"LC {_pc(c['lc_win_rate'])}, consistent {_pc(c['consistency'])}, "
+                                  f"{c['failed_prompts']} failed"})
+        for q in (s.get("human") or {}).get("models", []):
+            rho = "n/a" if q["spearman"] is None else f"{q['spearman']:.2f}"
+            out.append({"iteration": q["t"], "stage": "vs_human", "state": "done", "rows": q["pairs"],
+                        "detail": f"agree {_pc(q['agreement'])} (w/o ties {_pc(q['agreement_no_ties'])}), "
+                                  f"Spearman {rho}"})
+    rep = rd.root / "report.md"
+    if rep.is_file():
+        newest = max((p.stat().st_mtime for p in [ev, *rd.root.glob("iter_*/.done/*.json")] if p.is_file()),
+                     default=0.0)
+        figs = sorted(p.stem for p in (rd.root / "report").glob("*.png"))
+        out.append({"iteration": "-", "stage": "report", "state": "done" if rep.stat().st_mtime >= newest else "stale",
+                    "rows": len(figs), "detail": "report.md; " + ", ".join(figs)})
     return out

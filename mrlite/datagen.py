@@ -1,0 +1,234 @@
+"""Making training data with a model: new prompts (Self-Rewarding few-shot) and EFT rows from human rankings.
+
+* ``generate_prompts``: the Self-Rewarding way of growing the prompt pool (arXiv 2401.10020 §3; algorithm.md
+  Part B §10): show the model 8 random seed prompts as ``<task>…</task>`` examples and let it write more,
+  sampled at T = 0.6, p = 0.9; keep new, non-empty, length-bounded, de-duplicated tasks.
+* ``build_eft``: EFT rows from Open Assistant ranked replies: the model judges each reply with the judge
+  prompt, and a prompt's judgments are kept only when their scores order the replies as the humans ranked
+  them (``oasst.order_agrees``).
+
+Both talk to any ``Generator`` (fake, hf, vllm). Exercised by: ``mrlite data prompts --model fake --n 20
+--out /tmp/p.jsonl`` and ``mrlite data eft tests/assets/oasst_messages.jsonl --model fake --out /tmp/e.jsonl``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mrlite.backends.base import GenRequest, Generator, Sampling
+from mrlite.oasst import RankedPrompt, order_agrees
+from mrlite.parsing import parse_score
+from mrlite.prompts import render_judge
+from mrlite.recipe import Recipe, recipe_from_dict
+from mrlite.rundir import derive_seed, fingerprint
+from mrlite.sources import normalize_prompt
+
+log = logging.getLogger(__name__)
+
+FEW_SHOT_INSTRUCTION = (
+    "Come up with a series of tasks and questions. Only the task/question, no further text/explanation, no "
+    "additional information. The task or question should be something a person would ask a chatbot."
+)
+"""The few-shot instruction as reproduced by Oxen-AI/Self-Rewarding-Language-Models (scripts/01_gen_prompts.py);
+its match to the paper's figure is unconfirmed (algorithm.md Part B §10)."""
+PROMPT_SAMPLING = Sampling(temperature=0.6, top_p=0.9, max_new_tokens=256)
+"""Self-Rewarding prompt generation: T = 0.6, p = 0.9."""
+EFT_SAMPLING = Sampling(temperature=0.8, top_p=0.95, max_new_tokens=256)
+"""Judge sampling for EFT rows (the recipe's judge defaults)."""
+_TASK_RE = re.compile(r"<task>(.*?)(?:</task>|<task>|\Z)", re.DOTALL | re.IGNORECASE)
+
+
+def open_generator(model: str, *, backend: str | None = None, recipe: Recipe | None = None) -> tuple[Generator, str]:
+    """Load a generator for a model the user names (not one of a run's iteration models).
+
+    Args:
+        model: ``fake``, an alias (``tiny-random``, ``smollm2-135m``), a local model folder or a Hub id.
+        backend: ``fake``, ``hf`` or ``vllm``; default ``fake`` for ``model == "fake"``, else ``hf``.
+        recipe: Takes model/backend settings (dtype, batch size, context length) from it when given.
+
+    Returns:
+        The generator and the model's identity (a content fingerprint for folders; used in cache keys).
+    """
+    from mrlite.backends import load_generator
+
+    backend = backend or ("fake" if model == "fake" else "hf")
+    data = recipe.model_dump(mode="json") if recipe is not None else {"name": "mrlite-tool", "model": {}}
+    data["model"]["base"] = model
+    backends = data.setdefault("backends", {})
+    backends["generator"] = backend
+    backends["trainer"] = "fake" if backend == "fake" else ("trl" if backends.get("trainer") in (None, "fake")
+                                                           else backends["trainer"])
+    r = recipe_from_dict(data, f"--model {model}")
+    if model == "fake":
+        return load_generator(r, "fake"), "fake"
+    from mrlite.models import resolve_model
+
+    path = resolve_model(model, revision=r.model.revision)
+    ident = f"{model}@{fingerprint(Path(path))[:16]}" if Path(path).is_dir() else f"{model}@{r.model.revision or ''}"
+    return load_generator(r, path), ident
+
+
+def fits(generator: Generator, requests: list[GenRequest], max_model_len: int, room: int = 16) -> list[bool]:
+    """Which requests leave at least ``room`` tokens for the answer."""
+    if not requests:
+        return []
+    return [n <= max_model_len - room for n in generator.prompt_lengths(requests)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# prompt generation (Self-Rewarding)
+
+
+def few_shot_prompt(examples: Sequence[str]) -> str:
+    """The few-shot prompt: the instruction, then one ``<task>…</task>`` per example, then an open ``<task>``."""
+    return FEW_SHOT_INSTRUCTION + "\n\n" + "".join(f"<task>{e}</task>\n" for e in examples) + "<task>"
+
+
+def extract_tasks(text: str) -> list[str]:
+    """Tasks in a completion: the text up to the first ``</task>`` (the prompt left ``<task>`` open), then every
+    further ``<task>…</task>`` block. A completion without tags counts as one task (its first paragraph)."""
+    head, sep, rest = text.partition("</task>")
+    if not sep:
+        return [text.strip().split("\n\n")[0].strip()] if "<task>" not in text else []
+    tasks = [head.replace("<task>", "").strip()]
+    tasks += [m.strip() for m in _TASK_RE.findall(rest)]
+    return [t for t in tasks if t]
+
+
+def generate_prompts(seeds: Sequence[str], generator: Generator, n: int, *, shots: int = 8, seed: int = 0,
+                     sampling: Sampling = PROMPT_SAMPLING, batch: int = 16, min_chars: int = 10,
+                     max_chars: int = 2000, max_rounds: int = 50) -> tuple[list[dict], dict]:
+    """Generate ``n`` new prompts few-shot from ``seeds`` (Self-Rewarding, 8-shot).
+
+    Each request shows ``shots`` seed prompts drawn at random; every task the model writes is kept unless it is
+    shorter than ``min_chars`` or longer than ``max_chars``, still contains a tag, or duplicates (after case and
+    whitespace normalisation) a seed or an earlier task. Rounds of ``batch`` requests run until ``n`` prompts
+    are kept or ``max_rounds`` rounds have run.
+
+    Args:
+        seeds: The seed prompt set (at least ``shots`` prompts).
+        generator: Any Generator.
+        n: Prompts wanted.
+        shots: Examples per request (paper: 8).
+        seed: Seed for the example draws and the per-request sampling seeds.
+        sampling: Sampling settings (paper: T = 0.6, p = 0.9).
+        batch: Requests per round.
+        min_chars: Shortest task kept.
+        max_chars: Longest task kept.
+        max_rounds: Give up after this many rounds.
+
+    Returns:
+        Rows ``{"id", "prompt", "source": "generated", "shots": [...]}`` and counts of what was dropped.
+
+    Raises:
+        ValueError: fewer seed prompts than ``shots``.
+    """
+    if len(seeds) < shots:
+        raise ValueError(f"need at least {shots} seed prompts for {shots}-shot generation, got {len(seeds)}")
+    seen = {normalize_prompt(s) for s in seeds}
+    rng = np.random.default_rng(derive_seed(seed, "prompt_shots"))
+    rows: list[dict] = []
+    st: Counter = Counter()
+    for rnd in range(max_rounds):
+        if len(rows) >= n:
+            break
+        picks = [rng.choice(len(seeds), size=shots, replace=False).tolist() for _ in range(batch)]
+        reqs = [GenRequest(id=f"gen:{rnd}:{i}", messages=[{"role": "user", "content": few_shot_prompt(
+            [seeds[k] for k in p])}], n=1, seed=derive_seed(seed, "prompt_gen", rnd, i)) for i, p in enumerate(picks)]
+        st["requests"] += len(reqs)
+        for p, comps in zip(picks, generator.generate(reqs, sampling), strict=True):
+            tasks = extract_tasks(comps[0].text)
+            st["no_task"] += not tasks
+            for task in tasks:
+                st["candidates"] += 1
+                key = normalize_prompt(task)
+                why = ("too_short" if len(task) < min_chars else "too_long" if len(task) > max_chars
+                       else "has_tag" if "<task" in task.lower() or "</task" in task.lower()
+                       else "duplicate" if key in seen else None)
+                if why or len(rows) >= n:
+                    st[why or "surplus"] += 1
+                    continue
+                seen.add(key)
+                rows.append({"id": f"g{len(rows):05d}", "prompt": task, "source": "generated", "shots": p})
+    st["kept"] = len(rows)
+    return rows, dict(st)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# judging with the judge prompt (EFT and judge quality)
+
+
+def judge_scores(generator: Generator, items: Sequence[tuple[str, str, str]], *, n: int, sampling: Sampling,
+                 seed: int, score_range: tuple[float, float] = (0.0, 5.0), max_model_len: int = 2048,
+                 force: bool = False) -> tuple[dict[str, list[tuple[str, float | None]]], dict]:
+    """Judge ``(id, prompt, response)`` items ``n`` times each with the Self-Rewarding judge prompt.
+
+    Returns:
+        ``{id: [(judgment text, score or None), ...]}`` (ids whose prompt is too long are absent) and counts.
+    """
+    reqs = [GenRequest(id=i, messages=[{"role": "user", "content": render_judge(p, r)}], n=n,
+                       seed=derive_seed(seed, "judge_scores", i), role="judge", force="score" if force else None)
+            for i, p, r in items]
+    ok = fits(generator, reqs, max_model_len)
+    keep = [r for r, k in zip(reqs, ok, strict=True) if k]
+    out: dict[str, list[tuple[str, float | None]]] = {}
+    lo, hi = score_range
+    for req, comps in zip(keep, generator.generate(keep, sampling) if keep else [], strict=True):
+        out[req.id] = [(c.text, parse_score(c.text, low=lo, high=hi)) for c in comps]
+    texts = [s for v in out.values() for _, s in v]
+    return out, {"too_long": len(reqs) - len(keep), "judgments": len(texts),
+                 "unparsable": sum(s is None for s in texts)}
+
+
+def build_eft(prompts: Sequence[RankedPrompt], generator: Generator, *, n: int = 1, seed: int = 0,
+              sampling: Sampling = EFT_SAMPLING, score_range: tuple[float, float] = (0.0, 5.0),
+              max_model_len: int = 2048) -> tuple[list[dict], dict]:
+    """EFT rows: the model's judgments of human-ranked replies, kept where their scores follow the human order.
+
+    The j-th judgment of every reply forms round j; a prompt keeps the first round whose scores order its
+    replies exactly as the humans ranked them (Self-Rewarding EFT, algorithm.md Part B §10). Prompts with a
+    reply too long for the model are skipped and counted.
+
+    Args:
+        prompts: Ranked prompts (``oasst.load_ranked``).
+        generator: Any Generator.
+        n: Judgments (rounds) per reply.
+        seed: Seed of the sampling.
+        sampling: Judge sampling.
+        score_range: Valid score range.
+        max_model_len: Context length; longer judge prompts are skipped.
+
+    Returns:
+        Rows ``{"id", "prompt", "response", "judgment", "score", "human_rank", "prompt_id", "message_id"}`` (the
+        EFT format ``eft.data`` reads) and counts.
+    """
+    items = [(r["message_id"], p.prompt, r["text"]) for p in prompts for r in p.responses]
+    judged, jst = judge_scores(generator, items, n=n, sampling=sampling, seed=seed, score_range=score_range,
+                               max_model_len=max_model_len)
+    rows: list[dict] = []
+    st = Counter(prompts=len(prompts), replies=len(items), unparsable_judgments=jst["unparsable"])
+    for p in prompts:
+        if any(r["message_id"] not in judged for r in p.responses):
+            st["skipped_too_long"] += 1
+            continue
+        ranks = [r["rank"] for r in p.responses]
+        for j in range(n):
+            scores = [judged[r["message_id"]][j][1] for r in p.responses]
+            if order_agrees(scores, ranks):
+                for r in p.responses:
+                    text, score = judged[r["message_id"]][j]
+                    rows.append({"id": f"eft:{r['message_id']}", "prompt": p.prompt, "response": r["text"],
+                                 "judgment": text, "score": score, "human_rank": r["rank"],
+                                 "prompt_id": p.prompt_id, "message_id": r["message_id"]})
+                st["kept_prompts"] += 1
+                break
+        else:
+            st["disagree"] += 1
+    st["rows"] = len(rows)
+    return rows, dict(st)

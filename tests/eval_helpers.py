@@ -1,0 +1,77 @@
+"""Test helpers for the data/eval/report tests: a scripted Generator and a stub OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from mrlite.backends.base import Completion, GenRequest, Sampling
+
+
+class ScriptedGenerator:
+    """Generator whose k-th completion of a request is ``fn(request, k)``; records every request."""
+
+    def __init__(self, fn: Callable[[GenRequest, int], str]):
+        self.fn = fn
+        self.requests: list[GenRequest] = []
+
+    def generate(self, requests: list[GenRequest], sampling: Sampling) -> list[list[Completion]]:
+        self.requests += requests
+        return [[Completion(self.fn(r, k), False, 1) for k in range(r.n)] for r in requests]
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return [len(t.split()) for t in texts]
+
+    def prompt_lengths(self, requests: list[GenRequest]) -> list[int]:
+        return [sum(len(m["content"].split()) for m in r.messages) for r in requests]
+
+    def close(self) -> None:
+        pass
+
+
+class StubServer:
+    """An OpenAI-compatible ``/v1/chat/completions`` on 127.0.0.1 (random port), answering with ``reply``.
+
+    ``reply(body) -> (status, payload)``: ``payload`` is a dict (sent as JSON) or raw text. ``hits`` counts requests;
+    ``auth`` keeps the Authorization headers seen.
+    """
+
+    def __init__(self, reply: Callable[[dict], tuple[int, dict | str]]):
+        self.reply, self.hits, self.auth, self.lock = reply, 0, [], threading.Lock()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # the name http.server calls
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with stub.lock:
+                    stub.hits += 1
+                    stub.auth.append(self.headers.get("Authorization"))
+                    status, payload = stub.reply(body)
+                data = (json.dumps(payload) if isinstance(payload, dict) else payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+
+    def __enter__(self) -> StubServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def chat_reply(text: str) -> tuple[int, dict]:
+    return 200, {"id": "x", "object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
