@@ -208,6 +208,8 @@ def _register(module: str, attr: str) -> None:
     cli.add_command(getattr(importlib.import_module(module), attr))
 
 
+_register("mrlite.plan", "plan_cmd")
+_register("mrlite.doctor", "doctor_cmd")
 _register("mrlite.cli_eval", "data_group")
 _register("mrlite.cli_eval", "eval_cmd")
 _register("mrlite.cli_eval", "report_cmd")

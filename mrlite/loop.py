@@ -153,6 +153,10 @@ def _preflight(recipe: Recipe, rd: RunDir, steps: list[tuple[int, str]], force: 
             todo.append(s)
     if not todo:
         return
+    from mrlite import gpu
+
+    # nvidia-smi only: the orchestrator never imports torch (and never creates a CUDA context).
+    gpu.preflight(recipe, devices=gpu.gpus(use_torch=False) if gpu.uses_gpu(recipe) else None)
     from mrlite.backends import BackendError, missing_packages, NEEDS
 
     for kind, name in (("generator", recipe.backends.generator), ("trainer", recipe.backends.trainer)):

@@ -223,7 +223,10 @@ class HFCfg(_Section):
 
 class VLLMCfg(_Section):
     gpu_memory_utilization: float = Field(0.88, gt=0.0, le=1.0)
-    quantization: str | None = Field(None, description="e.g. 'fp8_per_tensor' on 24 GB cards; None = bf16.")
+    quantization: str | None = Field(
+        None, description="vLLM weight quantization: null = choose by card size (fp8_per_tensor on <= 32 GiB cards "
+        "when 16-bit weights don't fit comfortably), 'none' = off (bf16/fp16), or a vLLM method name."
+    )
     kv_cache_dtype: str = Field("auto")
     tensor_parallel_size: int = Field(1, ge=1)
     enforce_eager: bool = Field(False)

@@ -124,6 +124,9 @@ CASES: list[Case] = [
      "exclude each other"),
     ("status of a non-run dir", lambda tmp: ["status", str(tmp)], "not a run directory"),
     ("unknown bundled recipe", lambda tmp: ["recipes", "nope"], "no bundled recipe 'nope'"),
+    # models and machines
+    ("GPU recipe without a GPU", lambda tmp: ["run", str(ROOT / "recipes" / "paper.yaml"), "--out", str(tmp / "run")],
+     "has no CUDA GPU; run `mrlite doctor`"),
 ]
 CASES[CASES.index(next(c for c in CASES if c[0] == "iter out of range"))] = (
     "iter out of range", lambda tmp: ["run", SMOKE, "--out", str(tmp / "run"), "--iter", "9"], "--iter 9 is outside")

@@ -1,0 +1,403 @@
+"""vLLM generator: one ``vllm.LLM`` per process, ``LLM.chat`` with per-request seeds, forced Score/Winner lines.
+
+The sample, judge and meta_judge stages of an iteration share one engine in one subprocess; vLLM 0.33 cannot
+give GPU memory back in-process (no ``LLM.shutdown()``), so the process exit does (stack.md Part 2 §2.5).
+Traps handled here (stack.md Part 2 §0.8): ``max_tokens`` is always explicit (its default is 16), prompts go
+through ``LLM.chat`` (``generate`` on a rendered string would add a second BOS), stop tokens are set from the
+tokenizer, ``generation_config.json`` and the known end-of-turn tokens rather than trusted to each merged
+directory. Exercised by: ``mrlite run recipes/paper.yaml`` (needs a CUDA GPU and ``pip install 'mrlite[gpu]'``).
+
+Forced completion (``GenRequest.force``), in two layers:
+
+1. With ``backends.vllm.structured_outputs: true`` the request is regex-constrained
+   (``StructuredOutputsParams(regex=...)``): free text that must end in ``Score: <d>`` / ``Winner: Judgement <A|B>``.
+   The model writes the label itself, so such rows count as parsed from text (``forced=False``).
+2. Any completion that still does not parse (it hit ``max_tokens`` first, or structured outputs are off) is
+   continued at the token level: prompt ids + its own generated ids (trailing stop tokens dropped) + the tokens
+   of ``"\\n" + label``, one greedy step restricted to the allowed value tokens (``allowed_token_ids``). This is
+   the HF generator's rule (argmax over the allowed tokens after the label), done on token ids so the generated
+   text is never re-rendered through the chat template, and nothing is rendered to text and re-tokenised.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mrlite.backends import BackendError
+from mrlite.backends.base import Completion, GenRequest, Message, Sampling
+from mrlite.parsing import SCORE_LABEL, WINNER_LABEL, has_score, has_winner
+from mrlite.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+SMALL_CARD_GIB = 32.0
+"""Cards with at most this much memory get ``fp8_per_tensor`` weights by default (24 GB class: 4090, 3090, L4)."""
+FP8_DEFAULT = "fp8_per_tensor"
+"""Online FP8 in vLLM 0.33; plain ``"fp8"`` now expects an FP8 checkpoint (stack.md Part 2 §0.3)."""
+END_OF_TURN_TOKENS = ("<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "<end_of_turn>", "<|endoftext|>")
+WINNER_CHOICES = ("A", "B")
+SEED_MODULUS = 2**31 - 1
+"""vLLM gives sample i of an ``n>1`` request the seed ``seed + i``; folding keeps that inside int32/int64."""
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pure helpers (table-tested)
+
+
+def engine_kwargs(recipe: Recipe, model: str, gpu_mem_gib: float | None, *, bf16: bool = True,
+                  weights_gib: float | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``vllm.LLM`` from the recipe and the card.
+
+    Args:
+        recipe: Uses ``backends.vllm`` (+ ``engine_args``, applied last) and ``model`` (dtype, max_model_len,
+            trust_remote_code, revision) and ``loop.seed``.
+        model: Local directory or Hub id to load.
+        gpu_mem_gib: Total memory of the card (None: unknown, no size-based default).
+        bf16: Whether the card has bf16 (compute capability >= 8.0).
+        weights_gib: Size of the model's 16-bit weights if known (a small model needs no FP8 on a small card).
+
+    Returns:
+        The kwargs. ``quantization`` unset in the recipe means: ``fp8_per_tensor`` on cards <= 32 GiB unless the
+        16-bit weights take at most a third of the card, else none (bf16); ``"none"`` forces none.
+
+    Raises:
+        BackendError: bf16 asked for on a card without it.
+    """
+    v = recipe.backends.vllm
+    m = recipe.model
+    if m.dtype == "auto":
+        dtype = "bfloat16" if bf16 else "float16"
+    elif m.dtype == "bfloat16" and not bf16:
+        raise BackendError("model.dtype bfloat16 needs a GPU with compute capability >= 8.0; set model.dtype: "
+                           "float16 (or auto)")
+    else:
+        dtype = _DTYPES[m.dtype]
+    kw: dict[str, Any] = {
+        "model": model,
+        "dtype": dtype,
+        "seed": recipe.loop.seed,
+        "max_model_len": m.max_model_len,
+        "gpu_memory_utilization": v.gpu_memory_utilization,
+        "enable_prefix_caching": True,  # the rubric + prompt + response prefix is shared by N judge / N(N-1) meta calls
+        "tensor_parallel_size": v.tensor_parallel_size,
+        "enforce_eager": v.enforce_eager,
+        "kv_cache_dtype": v.kv_cache_dtype,
+    }
+    quant = default_quantization(v.quantization, gpu_mem_gib, weights_gib)
+    if quant is not None:
+        kw["quantization"] = quant
+    if m.trust_remote_code:
+        kw["trust_remote_code"] = True
+    if m.revision and not Path(model).is_dir():
+        kw["revision"] = m.revision
+    kw.update(v.engine_args)
+    return kw
+
+
+def default_quantization(setting: str | None, gpu_mem_gib: float | None, weights_gib: float | None) -> str | None:
+    """``backends.vllm.quantization`` resolved: explicit wins (``"none"`` = off), else by card size (see above)."""
+    if setting is not None:
+        return None if setting.lower() in ("none", "off", "bf16", "bfloat16") else setting
+    if gpu_mem_gib is None or gpu_mem_gib > SMALL_CARD_GIB:
+        return None
+    if weights_gib is not None and weights_gib <= gpu_mem_gib / 3:
+        return None
+    return FP8_DEFAULT
+
+
+def sampling_kwargs(req: GenRequest, sampling: Sampling, max_tokens: int, stop_ids: list[int],
+                    regex: str | None = None) -> dict[str, Any]:
+    """``SamplingParams`` fields of one request (``structured_outputs`` is added by the caller from ``regex``)."""
+    kw: dict[str, Any] = {
+        "n": req.n,
+        "seed": req.seed % SEED_MODULUS,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_tokens": max_tokens,
+        "stop_token_ids": list(stop_ids),
+    }
+    if regex is not None:
+        kw["regex"] = regex
+    return kw
+
+
+def score_values(score_range: tuple[float, float]) -> list[str]:
+    lo, hi = score_range
+    return [str(v) for v in range(math.ceil(lo), math.floor(hi) + 1)]
+
+
+def force_regex(force: str, score_range: tuple[float, float]) -> str:
+    """Free text that must end with a parseable label: the structured-outputs pattern for a forced request."""
+    if force == "score":
+        return r"[\s\S]*" + _literal(SCORE_LABEL) + "(" + "|".join(score_values(score_range)) + ")"
+    if force == "winner":
+        return r"[\s\S]*Winner: \[?Judge?ment [AB]\]?"
+    raise ValueError(f"unknown force {force!r}; expected 'score' or 'winner'")
+
+
+def _literal(text: str) -> str:
+    """Regex for ``text`` as-is. Unlike ``re.escape`` it leaves spaces alone: xgrammar warns on ``\\ ``."""
+    return re.sub(r"([.^$*+?{}\[\]\\|()])", r"\\\1", text)
+
+
+@dataclass(frozen=True)
+class Forcing:
+    """Tokens to append after the generated ids (``"\\n" + label`` minus the value), then one of ``choices``."""
+
+    prefix: list[int]
+    choices: list[int]
+    texts: list[str]
+    label: str
+
+
+def forcing_tokens(encode, force: str, score_range: tuple[float, float]) -> Forcing:
+    """Split ``"\\n" + label + value`` into a shared prefix and one distinct token per allowed value.
+
+    Args:
+        encode: ``text -> token ids`` without special tokens.
+        force: ``"score"`` or ``"winner"``.
+        score_range: Allowed judge scores (integers inside it are the values).
+
+    Raises:
+        ValueError: the values are not single distinct tokens after the label for this tokenizer.
+    """
+    if force == "score":
+        values, label = score_values(score_range), SCORE_LABEL
+    elif force == "winner":
+        values, label = list(WINNER_CHOICES), WINNER_LABEL
+    else:
+        raise ValueError(f"unknown force {force!r}; expected 'score' or 'winner'")
+    # "Score: 3" may split as "Score", ":", " ", "3" or as "Score", ":", " 3": tokenise each full line.
+    full = [list(encode("\n" + label + v)) for v in values]
+    n = 0
+    while full and all(len(f) > n + 1 for f in full) and len({f[n] for f in full}) == 1:
+        n += 1
+    tails = [f[n:] for f in full]
+    if not values or any(len(t) != 1 for t in tails) or len({t[0] for t in tails}) != len(tails):
+        raise ValueError(
+            f"forced {force}: the values {values} are not single distinct tokens after {label!r} for this "
+            "tokenizer; narrow judge.score_range to single digits or set force_parse: false"
+        )
+    return Forcing(prefix=full[0][:n], choices=[t[0] for t in tails], texts=values, label=label)
+
+
+def stop_token_ids(eos_token_id, generation_config: dict | None, vocab: dict[str, int]) -> list[int]:
+    """Stop ids: the tokenizer's EOS, ``generation_config.json``'s ``eos_token_id`` and known end-of-turn tokens.
+
+    Llama-3 ends a turn with ``<|eot_id|>`` (128009) while its old tokenizer EOS is ``<|end_of_text|>``; a
+    merged directory without ``generation_config.json`` would otherwise generate to ``max_tokens``.
+    """
+    ids: set[int] = set()
+    for src in (eos_token_id, (generation_config or {}).get("eos_token_id")):
+        if isinstance(src, int):
+            ids.add(src)
+        elif isinstance(src, list | tuple):
+            ids.update(int(x) for x in src)
+    ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
+    return sorted(ids)
+
+
+def read_generation_config(model: str) -> dict | None:
+    p = Path(model) / "generation_config.json"
+    try:
+        return json.loads(p.read_text()) if p.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The backend
+
+
+class VLLMGenerator:
+    """Generator backend on ``vllm.LLM`` (one CUDA GPU, or ``tensor_parallel_size`` GPUs).
+
+    Args:
+        recipe: Uses ``backends.vllm``, ``model`` and ``judge.score_range`` (the digits a forced score may take).
+        model: A resolved model: local directory (M_{t-1}) or Hub id.
+    """
+
+    def __init__(self, recipe: Recipe, model: str):
+        try:
+            import vllm
+        except ImportError:
+            raise BackendError("backend 'vllm' needs vllm: pip install 'mrlite[gpu]' (see `mrlite doctor`)") from None
+        from mrlite.gpu import gpus
+        from mrlite.models import check_chat_template
+        from mrlite.plan import weights_gib_16bit
+
+        self._vllm = vllm
+        self.recipe = recipe
+        devs = gpus()
+        card = devs[0] if devs else None
+        kw = engine_kwargs(recipe, model, card.total_gib if card else None, bf16=card.bf16 if card else True,
+                           weights_gib=weights_gib_16bit(model))
+        log.info("vllm engine: %s", ", ".join(f"{k}={v}" for k, v in kw.items()))
+        t0 = time.perf_counter()
+        self.llm = vllm.LLM(**kw)
+        self.tokenizer = self.llm.get_tokenizer()
+        check_chat_template(self.tokenizer, recipe.model.base)
+        self.max_model_len = recipe.model.max_model_len
+        self.stop_ids = stop_token_ids(getattr(self.tokenizer, "eos_token_id", None),
+                                       read_generation_config(model), self.tokenizer.get_vocab())
+        if not self.stop_ids:
+            raise BackendError(f"model {recipe.model.base} defines no EOS token; generation could not stop")
+        self._forcing: dict[str, Forcing] = {}
+        self._lengths: dict[tuple, int] = {}
+        log.info("vllm generator: %s ready in %.1f s (stop ids %s)", model, time.perf_counter() - t0, self.stop_ids)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Protocol
+
+    def generate(self, requests: list[GenRequest], sampling: Sampling) -> list[list[Completion]]:
+        """Return ``request.n`` completions per request, in request order (one ``LLM.chat`` call for all).
+
+        Each request gets its own ``SamplingParams`` (its ``n`` and seed), so rows do not depend on batching.
+
+        Raises:
+            ValueError: a prompt leaves no room for an answer within ``model.max_model_len`` (callers drop
+                those first, using ``prompt_lengths``).
+        """
+        if not requests:
+            return []
+        t0 = time.perf_counter()
+        lengths = self.prompt_lengths(requests, keep_cache=True)
+        structured = self.recipe.backends.vllm.structured_outputs
+        params = []
+        for r, n_prompt in zip(requests, lengths, strict=True):
+            reserve = len(self._forcing_for(r.force).prefix) + 1 if r.force else 0
+            room = self.max_model_len - n_prompt - reserve
+            if room < 1:
+                raise ValueError(
+                    f"request {r.id}: prompt is {n_prompt} tokens, leaving no room for an answer within "
+                    f"model.max_model_len={self.max_model_len}; drop such prompts first (prompt_lengths)"
+                )
+            regex = force_regex(r.force, self.recipe.judge.score_range) if (r.force and structured) else None
+            params.append(self._sampling_params(
+                sampling_kwargs(r, sampling, min(sampling.max_new_tokens, room), self.stop_ids, regex)))
+        outs = self.llm.chat([r.messages for r in requests], params, use_tqdm=True, add_generation_prompt=True)
+        texts: dict[tuple[int, int], str] = {}
+        ids: dict[tuple[int, int], list[int]] = {}
+        prompt_ids: dict[int, list[int]] = {}
+        for i, (r, o) in enumerate(zip(requests, outs, strict=True)):
+            prompt_ids[i] = list(o.prompt_token_ids or [])
+            comps = sorted(o.outputs, key=lambda c: c.index)
+            if len(comps) != r.n:
+                raise RuntimeError(f"vllm returned {len(comps)} completions for request {r.id}, expected {r.n}")
+            for j, c in enumerate(comps):
+                texts[(i, j)] = c.text
+                ids[(i, j)] = list(c.token_ids)
+        stops = set(self.stop_ids)
+        for seq in ids.values():  # the stop token ends the answer but is not part of it (as in the HF backend)
+            while seq and seq[-1] in stops:
+                seq.pop()
+        forced = self._force(requests, prompt_ids, ids, texts)
+        result, n_tokens = [], 0
+        for i, r in enumerate(requests):
+            row = []
+            for j in range(r.n):
+                text, extra = forced.get((i, j), (texts[(i, j)], 0))
+                row.append(Completion(text=text, forced=(i, j) in forced, n_tokens=len(ids[(i, j)]) + extra))
+                n_tokens += len(ids[(i, j)])
+            result.append(row)
+        dt = time.perf_counter() - t0
+        log.info("vllm generate: %d requests, %d sequences, %d tokens, %d forced, %.1f s (%.0f tok/s)",
+                 len(requests), len(texts), n_tokens, len(forced), dt, n_tokens / max(dt, 1e-9))
+        return result
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return [len(self.tokenizer.encode(t, add_special_tokens=False)) for t in texts]
+
+    def prompt_lengths(self, requests: list[GenRequest], keep_cache: bool = False) -> list[int]:
+        """Tokens of each request's templated prompt (the chat template applied once, as ``LLM.chat`` does)."""
+        if not keep_cache and len(self._lengths) > 100_000:
+            self._lengths.clear()
+        out = []
+        for r in requests:
+            key = (r.id, tuple((m.get("role"), m.get("content")) for m in r.messages))
+            if key not in self._lengths:
+                self._lengths[key] = len(self._encode(r.messages))
+            out.append(self._lengths[key])
+        return out
+
+    def close(self) -> None:
+        """Drop the engine (its engine-core process shuts down on garbage collection); the caller's process
+        exit is what reliably returns the GPU memory."""
+        self.llm = None
+        gc.collect()
+        try:
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+            cleanup_dist_env_and_memory()
+        except Exception as e:  # best effort: the subprocess exits next anyway
+            log.debug("vllm cleanup: %s", e)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Internals
+
+    def _sampling_params(self, kw: dict[str, Any]):
+        regex = kw.pop("regex", None)
+        if regex is not None:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            kw["structured_outputs"] = StructuredOutputsParams(regex=regex)
+        return self._vllm.SamplingParams(**kw)
+
+    def _encode(self, messages: list[Message]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                 return_dict=False)
+        if hasattr(ids, "keys"):  # some tokenizers return a BatchEncoding regardless
+            ids = ids["input_ids"]
+        return list(ids)
+
+    def _forcing_for(self, force: str) -> Forcing:
+        if force not in self._forcing:
+            self._forcing[force] = forcing_tokens(
+                lambda s: self.tokenizer.encode(s, add_special_tokens=False), force, self.recipe.judge.score_range)
+        return self._forcing[force]
+
+    def _force(self, requests, prompt_ids, ids, texts) -> dict[tuple[int, int], tuple[str, int]]:
+        """Forced label + value for completions that do not parse: one batched ``LLM.generate`` on token ids."""
+        lo, hi = self.recipe.judge.score_range
+        todo = []
+        for (i, j), text in sorted(texts.items()):
+            force = requests[i].force
+            if (force == "score" and not has_score(text, lo, hi)) or (force == "winner" and not has_winner(text)):
+                todo.append((i, j))
+        if not todo:
+            return {}
+        prompts, params, forcings = [], [], []
+        for i, j in todo:
+            f = self._forcing_for(requests[i].force)
+            prompts.append({"prompt_token_ids": prompt_ids[i] + ids[(i, j)] + f.prefix})  # stop tokens dropped
+            params.append(self._vllm.SamplingParams(n=1, temperature=0.0, max_tokens=1,
+                                                    allowed_token_ids=list(f.choices)))
+            forcings.append(f)
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        result = {}
+        for (i, j), f, o in zip(todo, forcings, outs, strict=True):
+            tok = list(o.outputs[0].token_ids)[:1]
+            pick = f.choices.index(tok[0]) if tok and tok[0] in f.choices else 0
+            result[(i, j)] = (texts[(i, j)] + "\n" + f.label + f.texts[pick], len(f.prefix) + 1)
+        return result
+
+
+__all__ = [
+    "Forcing",
+    "VLLMGenerator",
+    "default_quantization",
+    "engine_kwargs",
+    "force_regex",
+    "forcing_tokens",
+    "sampling_kwargs",
+    "stop_token_ids",
+]

@@ -1,0 +1,521 @@
+"""``mrlite plan``: per-stage token counts, peak GPU memory, time and disk of a recipe, before running it.
+
+Everything here is arithmetic on the recipe, the model's shape and a throughput table (no torch, no GPU).
+Memory follows stack.md Part 2 §4 (Llama-3-8B: 14.96 GiB bf16, ≈8.5 GiB online FP8, ≈5.3 GiB NF4, 128 KiB of
+bf16 KV cache per token, DPO logits 2 × L × vocab). Throughputs are **estimates** for an 8B model per GPU class
+(published figures and FLOP arithmetic, see ``GPU_CLASSES``), scaled by parameter count for other models;
+replace them with figures measured on your machine via ``--throughput FILE.json`` (keys as in ``Rates``).
+Exercised by: ``mrlite plan recipes/paper.yaml --gpu-mem 24``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import click
+
+from mrlite.recipe import Recipe
+
+GIB = 1024**3
+CHARS_PER_TOKEN = 4.0
+"""English text with Llama-3/Qwen BPE tokenizers: about 4 characters per token."""
+CHAT_OVERHEAD_TOKENS = 12
+REF_PARAMS = 8.03e9
+"""Throughput figures in GPU_CLASSES are for Llama-3-8B (8.03B parameters)."""
+MEAN_NEW_TOKENS = {"actor": 480, "judge": 130, "meta_judge": 170}
+"""Assumed mean generated tokens (capped by max_new_tokens): Llama-3-8B-Instruct answers run ~1.9k characters in
+the paper's iteration 1; judgments are asked for <= 100 words + the score line."""
+PAIR_YIELD = {"actor": 0.85, "judge": 0.6}
+"""Assumed share of prompts that give an actor pair / a judge pair (ties and unparsed rows give none)."""
+GEN_OVERHEAD_GIB = 2.0
+"""vLLM runtime besides weights and KV cache: CUDA context, activations, CUDA graphs, sampler."""
+TRAIN_OVERHEAD_GIB = 1.5
+NF4_BYTES = 0.53
+"""NF4 bytes per linear weight: 4 bits + fp32 absmax per 64 (double-quantised)."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Model shapes
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the estimates need from a decoder-only transformer's config."""
+
+    vocab: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    tied: bool = False
+
+    @property
+    def linear_params(self) -> int:
+        attn = self.hidden * self.heads * self.head_dim * 2 + self.hidden * self.kv_heads * self.head_dim * 2
+        return self.layers * (attn + 3 * self.hidden * self.intermediate)
+
+    @property
+    def embed_params(self) -> int:
+        return self.vocab * self.hidden * (1 if self.tied else 2)
+
+    @property
+    def params(self) -> int:
+        return self.linear_params + self.embed_params + self.hidden * (2 * self.layers + 1)
+
+    def kv_bytes_per_token(self, dtype_bytes: float = 2) -> float:
+        return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
+
+    def lora_params(self, r: int, targets: list[str]) -> int:
+        h, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
+        dims = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        return self.layers * sum(r * sum(dims[t]) for t in targets if t in dims)
+
+
+def shape_from_config(cfg: dict) -> ModelShape:
+    heads = cfg["num_attention_heads"]
+    return ModelShape(
+        vocab=cfg["vocab_size"], hidden=cfg["hidden_size"], layers=cfg["num_hidden_layers"], heads=heads,
+        kv_heads=cfg.get("num_key_value_heads") or heads,
+        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads, intermediate=cfg["intermediate_size"],
+        tied=bool(cfg.get("tie_word_embeddings", False)),
+    )
+
+
+_LLAMA3_8B = ModelShape(128256, 4096, 32, 32, 8, 128, 14336)
+KNOWN_SHAPES: dict[str, ModelShape] = {
+    "meta-llama/Meta-Llama-3-8B-Instruct": _LLAMA3_8B,
+    "meta-llama/Llama-3.1-8B-Instruct": _LLAMA3_8B,
+    "unsloth/llama-3-8b-Instruct": _LLAMA3_8B,
+    "meta-llama/Llama-3.2-1B-Instruct": ModelShape(128256, 2048, 16, 32, 8, 64, 8192, True),
+    "meta-llama/Llama-3.2-3B-Instruct": ModelShape(128256, 3072, 28, 24, 8, 128, 8192, True),
+    "Qwen/Qwen2.5-0.5B-Instruct": ModelShape(151936, 896, 24, 14, 2, 64, 4864, True),
+    "Qwen/Qwen2.5-1.5B-Instruct": ModelShape(151936, 1536, 28, 12, 2, 128, 8960, True),
+    "Qwen/Qwen2.5-3B-Instruct": ModelShape(151936, 2048, 36, 16, 2, 128, 11008, True),
+    "Qwen/Qwen2.5-7B-Instruct": ModelShape(152064, 3584, 28, 28, 4, 128, 18944, False),
+    "HuggingFaceTB/SmolLM2-1.7B-Instruct": ModelShape(49152, 2048, 24, 32, 32, 64, 8192, True),
+    "HuggingFaceTB/SmolLM2-135M-Instruct": ModelShape(49152, 576, 30, 9, 3, 64, 1536, True),
+    "smollm2-135m": ModelShape(49152, 576, 30, 9, 3, 64, 1536, True),
+    "tiny-random": ModelShape(49152, 64, 2, 4, 2, 16, 128, True),
+}
+
+
+def model_shape(spec: str) -> ModelShape | None:
+    """Shape of a local model directory (its config.json) or of a known Hub id/alias; None if unknown."""
+    p = Path(spec).expanduser()
+    if (p / "config.json").is_file():
+        try:
+            return shape_from_config(json.loads((p / "config.json").read_text()))
+        except (KeyError, ValueError, TypeError):
+            return None
+    return KNOWN_SHAPES.get(spec)
+
+
+def weights_gib_16bit(model: str) -> float | None:
+    """Size of a local model's weights once stored in 16 bit (fp32 checkpoints count half); None if unknown."""
+    p = Path(model)
+    files = list(p.glob("*.safetensors")) if p.is_dir() else []
+    if not files:
+        shape = model_shape(model)
+        return None if shape is None else shape.params * 2 / GIB
+    size = sum(f.stat().st_size for f in files)
+    try:
+        cfg = json.loads((p / "config.json").read_text())
+        if (cfg.get("torch_dtype") or cfg.get("dtype")) == "float32":
+            size /= 2
+    except (OSError, ValueError):
+        pass
+    return size / GIB
+
+
+# --------------------------------------------------------------------------------------------------------------
+# GPU classes and throughput
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Throughput for the recipe's model (tokens/s aggregate at high concurrency) and fixed costs (seconds)."""
+
+    decode_tok_s: float
+    prefill_tok_s: float
+    train_tok_s: float
+    engine_start_s: float = 120.0
+    train_load_s: float = 90.0
+    merge_gib_s: float = 0.4
+
+    def scaled(self, params: float) -> Rates:
+        f = min(REF_PARAMS / max(params, 1.0), 8.0)  # memory/compute both scale ~1/params; small models saturate
+        return replace(self, decode_tok_s=self.decode_tok_s * f, prefill_tok_s=self.prefill_tok_s * f,
+                       train_tok_s=self.train_tok_s * f)
+
+
+@dataclass(frozen=True)
+class GPUClass:
+    name: str
+    total_gib: float
+    capability: tuple[int, int]
+    rates: Rates  # for an 8B model: decode from published vLLM figures, prefill/train from FLOPs at 35-50% MFU
+
+    @property
+    def bf16(self) -> bool:
+        return self.capability >= (8, 0)
+
+
+GPU_CLASSES: dict[str, GPUClass] = {
+    # H100: ~12.5k output tok/s for Llama-3.1-8B bf16 (stack.md Part 2 §2.6); A100 ≈ H100 / 2 (Lambda).
+    "h100": GPUClass("H100 80GB", 79.2, (9, 0), Rates(12500, 30000, 7000)),
+    "h200": GPUClass("H200 141GB", 139.8, (9, 0), Rates(14000, 30000, 7000)),
+    "a100-80": GPUClass("A100 80GB", 79.2, (8, 0), Rates(6000, 9500, 2200)),
+    "a100-40": GPUClass("A100 40GB", 39.4, (8, 0), Rates(5000, 9500, 2200)),
+    "l40s": GPUClass("L40S 48GB", 44.4, (8, 9), Rates(3500, 11000, 2500)),
+    # RTX 4090, FP8: ~1.1k tok/s at batch 32 (vendor blog, stack.md §2.6); more at larger batches.
+    "rtx4090": GPUClass("RTX 4090 24GB", 23.6, (8, 9), Rates(1500, 6000, 1100)),
+    "rtx3090": GPUClass("RTX 3090 24GB", 23.6, (8, 6), Rates(1000, 2500, 500)),
+    "a10": GPUClass("A10 24GB", 22.1, (8, 6), Rates(800, 4000, 850)),
+    "l4": GPUClass("L4 24GB", 22.5, (8, 9), Rates(600, 3800, 800)),
+    "t4": GPUClass("T4 16GB", 14.7, (7, 5), Rates(250, 1500, 350)),
+}
+
+
+def gpu_class_for(name: str | None, total_gib: float | None) -> str:
+    """Table key for a detected GPU name, else the closest class by memory."""
+    n = (name or "").lower().replace(" ", "")
+    for key, needles in (("h200", ("h200",)), ("h100", ("h100", "h800")), ("a100-40", ("a100-sxm4-40", "a100-pcie-40")),
+                         ("a100-80", ("a100",)), ("l40s", ("l40",)), ("rtx4090", ("4090",)),
+                         ("rtx3090", ("3090",)), ("a10", ("a10",)), ("l4", ("l4",)), ("t4", ("t4",))):
+        if any(s in n for s in needles):
+            return key
+    mem = total_gib or 24.0
+    if mem >= 100:
+        return "h200"
+    if mem >= 70:
+        return "a100-80"
+    if mem >= 44:
+        return "l40s"
+    if mem >= 30:
+        return "a100-40"
+    return "rtx4090" if mem >= 20 else "t4"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Estimates
+
+
+@dataclass
+class StageEstimate:
+    t: int
+    stage: str
+    requests: int = 0
+    sequences: int = 0
+    prompt_tokens: float = 0.0
+    prefill_tokens: float = 0.0
+    new_tokens: float = 0.0
+    peak_gib: float | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # warnings: why it does not fit, or will be slow
+    fits: bool = True
+    detail: str = ""
+
+
+def gen_weights_gib(shape: ModelShape, quantization: str | None) -> float:
+    if quantization and quantization.startswith("fp8"):
+        return (shape.linear_params * 1 + shape.embed_params * 2) / GIB
+    if quantization:  # other methods (awq, bnb...): assume ~4 bit
+        return (shape.linear_params * NF4_BYTES + shape.embed_params * 2) / GIB
+    return shape.params * 2 / GIB
+
+
+def generation_memory(shape: ModelShape, card_gib: float, util: float, quantization: str | None,
+                      kv_dtype: str, max_model_len: int) -> tuple[float, float, float]:
+    """(peak GiB, weights GiB, KV-cache tokens) for a vLLM engine; vLLM reserves ``util`` of the card."""
+    weights = gen_weights_gib(shape, quantization)
+    kv_bytes = shape.kv_bytes_per_token(1 if kv_dtype.startswith("fp8") else 2)
+    kv_gib = util * card_gib - weights - GEN_OVERHEAD_GIB
+    return util * card_gib, weights, max(kv_gib, 0.0) * GIB / kv_bytes
+
+
+def train_memory(shape: ModelShape, four_bit: bool, r: int, targets: list[str], batch: int, length: int,
+                 sequences_per_row: int) -> float:
+    """Peak GiB of one LoRA step with gradient checkpointing: weights + LoRA/Adam + activations + logits."""
+    weights = (shape.linear_params * NF4_BYTES + shape.embed_params * 2) if four_bit else shape.params * 2
+    lora = shape.lora_params(r, targets) * 16  # bf16 weight + fp32 master/grad + Adam m, v
+    seqs = batch * sequences_per_row
+    checkpoints = shape.layers * seqs * length * shape.hidden * 2
+    one_layer = seqs * length * (3 * shape.intermediate + 6 * shape.hidden) * 2
+    logits = seqs * length * shape.vocab * 6  # bf16 logits + fp32 log-softmax
+    return (weights + lora + checkpoints + one_layer + logits) / GIB + TRAIN_OVERHEAD_GIB
+
+
+def _mean_new(role: str, max_new: int) -> float:
+    return float(min(MEAN_NEW_TOKENS[role], max_new))
+
+
+def estimate(recipe: Recipe, shape: ModelShape, card: GPUClass, rates: Rates, *, prompt_tokens: float = 100.0,
+             judge_rubric_tokens: float = 430.0, meta_rubric_tokens: float = 440.0,
+             quantization: str | None = None) -> list[StageEstimate]:
+    """Per (iteration, stage) estimates for the whole run.
+
+    Args:
+        recipe: The recipe.
+        shape: The model's shape.
+        card: The GPU (memory, bf16).
+        rates: Throughput for this model on this card.
+        prompt_tokens: Mean prompt length in tokens.
+        judge_rubric_tokens: Tokens of the judge template without prompt and response.
+        meta_rubric_tokens: Tokens of the meta-judge template without its four fields.
+        quantization: vLLM weight quantization in effect (see ``backends.vllm.default_quantization``).
+
+    Returns:
+        One StageEstimate per step, in run order.
+    """
+    r, v = recipe, recipe.backends.vllm
+    p = r.data.prompts_per_iteration
+    k, n = r.actor.n, r.judge.n
+    la, lj = _mean_new("actor", r.actor.max_new_tokens), _mean_new("judge", r.judge.max_new_tokens)
+    lm = _mean_new("meta_judge", r.meta_judge.max_new_tokens)
+    lp = prompt_tokens + CHAT_OVERHEAD_TOKENS
+    hf = r.backends.generator == "hf"
+    decode = rates.decode_tok_s / (10 if hf else 1)  # HF generate: ~10x below vLLM (issue goal)
+    peak, weights, kv_tokens = generation_memory(shape, card.total_gib, v.gpu_memory_utilization, quantization,
+                                                 v.kv_cache_dtype, r.model.max_model_len)
+    if hf:  # no reservation: weights + one batch of KV cache
+        kv_tokens = r.backends.hf.batch_size * r.model.max_model_len
+        peak = weights + GEN_OVERHEAD_GIB + kv_tokens * shape.kv_bytes_per_token() / GIB
+        kv_tokens = math.inf if peak <= card.total_gib else 0.0
+    gen_fits = kv_tokens >= r.model.max_model_len
+    gen_notes = [] if gen_fits else [
+        f"vLLM: {weights:.1f} GiB weights + {GEN_OVERHEAD_GIB:.0f} GiB runtime leave no KV cache for one "
+        f"{r.model.max_model_len}-token sequence in {v.gpu_memory_utilization:.2f} x {card.total_gib:.0f} GiB"]
+    if gen_fits and not hf and kv_tokens < 16 * r.model.max_model_len:
+        gen_notes.append(f"KV cache holds only ~{kv_tokens / 1000:.0f}k tokens: low concurrency, slow generation")
+    out: list[StageEstimate] = []
+    four_bit = r.train.load_in_4bit
+
+    def train_est(t: int, stage: str, rows: float, row_tokens: float, seqs_per_row: int, cfg) -> StageEstimate:
+        mem = train_memory(shape, four_bit, cfg.lora.r, cfg.lora.target_modules, cfg.batch_size, cfg.max_length,
+                           seqs_per_row)
+        tokens = rows * row_tokens
+        epochs = cfg.epochs if cfg.max_steps is None else cfg.max_steps * cfg.batch_size * cfg.grad_accum / max(rows, 1)
+        rate = rates.train_tok_s * (0.75 if four_bit else 1.0)
+        secs = rates.train_load_s + tokens * epochs / rate + (tokens / (3 * rate) if stage == "train" else 0)
+        merged = shape.params * 2 / GIB
+        secs += merged / rates.merge_gib_s
+        e = StageEstimate(t, stage, requests=int(rows), sequences=int(rows * seqs_per_row), prompt_tokens=tokens,
+                          peak_gib=mem, seconds=secs, fits=mem <= 0.95 * card.total_gib)
+        if not e.fits:
+            e.notes.append(f"{stage}: ~{mem:.1f} GiB > {card.total_gib:.0f} GiB; lower train.max_length/batch_size, "
+                           "or set train.load_in_4bit: true")
+        return e
+
+    if r.eft.enabled:
+        rows = 85 if r.eft.data == "builtin" else 1630  # the shipped set; the paper's EFT set has 1,630 rows
+        out.append(train_est(0, "eft", rows, judge_rubric_tokens + lp + la + lj, 1, r.eft))
+    for t in range(1, r.loop.iterations + 1):
+        s = StageEstimate(t, "sample", requests=p, sequences=p * k, prompt_tokens=p * lp, prefill_tokens=p * lp,
+                          new_tokens=p * k * la, peak_gib=peak, fits=gen_fits, notes=list(gen_notes))
+        s.seconds = rates.engine_start_s + s.prefill_tokens / rates.prefill_tok_s + s.new_tokens / decode
+        out.append(s)
+        jp = judge_rubric_tokens + lp + la
+        j = StageEstimate(t, "judge", requests=p * k, sequences=p * k * n, prompt_tokens=p * k * jp,
+                          prefill_tokens=p * k * (jp - judge_rubric_tokens), new_tokens=p * k * n * lj,
+                          peak_gib=peak, fits=gen_fits)  # the rubric prefix is cached (prefix caching is on)
+        j.seconds = j.prefill_tokens / rates.prefill_tok_s + j.new_tokens / decode
+        out.append(j)
+        meta_on = r.meta_judge.enabled and t in r.meta_judge.iterations
+        if meta_on:
+            b = n * (n - 1) if r.meta_judge.budget == "all" else min(int(r.meta_judge.budget), n * (n - 1))
+            mp = meta_rubric_tokens + lp + la + 2 * lj
+            # Prefix caching: the rubric + prompt + response prefix is computed once per prompt.
+            m = StageEstimate(t, "meta_judge", requests=p * b, sequences=p * b, prompt_tokens=p * b * mp,
+                              prefill_tokens=p * (meta_rubric_tokens + lp + la) + p * b * 2 * lj,
+                              new_tokens=p * b * lm, peak_gib=peak, fits=gen_fits)
+            m.seconds = m.prefill_tokens / rates.prefill_tok_s + m.new_tokens / decode
+            m.detail = f"{b} battles/prompt"
+            out.append(m)
+        out.append(StageEstimate(t, "pairs"))
+        actor_rows = p * PAIR_YIELD["actor"]
+        judge_rows = p * PAIR_YIELD["judge"] if meta_on else 0.0
+        rows = actor_rows + judge_rows
+        row_tokens = (actor_rows * (lp + 2 * la) + judge_rows * (jp + 2 * lj)) / max(rows, 1)
+        out.append(train_est(t, "train", rows, row_tokens, 2, r.train))
+    return out
+
+
+def disk_gib(recipe: Recipe, shape: ModelShape) -> dict[str, float]:
+    """Disk for merged 16-bit models (one per iteration, plus EFT) and the base download."""
+    merged = shape.params * 2 / GIB
+    adapter = shape.lora_params(recipe.train.lora.r, recipe.train.lora.target_modules) * 4 / GIB
+    count = recipe.loop.iterations + (1 if recipe.eft.enabled else 0)
+    base = 0.0 if Path(recipe.model.base).expanduser().is_dir() else merged
+    return {"per_model": merged + adapter, "models": count, "merged_total": count * (merged + adapter),
+            "base_download": base, "total": count * (merged + adapter) + base}
+
+
+def prompt_tokens_of(recipe: Recipe) -> tuple[float, str | None]:
+    """Mean prompt tokens of the recipe's pool (chars / 4), or 100 with a note when it cannot be read here."""
+    src = recipe.data.prompts
+    if src != "builtin" and not Path(src).is_file():
+        return 100.0, f"data.prompts {src!r} is not a local file here; assuming 100-token prompts"
+    from mrlite.sources import SourceError, load_prompt_pool
+
+    try:
+        pool = load_prompt_pool(src, recipe.data.column, recipe.data.split, recipe.data.max_prompt_chars)
+    except SourceError as e:
+        return 100.0, str(e)
+    note = None
+    need = recipe.data.prompts_per_iteration * recipe.loop.iterations
+    if len(pool.prompts) < need:
+        note = (f"the prompt pool has {len(pool.prompts)} prompts, the recipe needs {need} "
+                f"({recipe.loop.iterations} x {recipe.data.prompts_per_iteration})")
+    return sum(len(x) for x in pool.prompts) / len(pool.prompts) / CHARS_PER_TOKEN, note
+
+
+def template_tokens() -> tuple[float, float]:
+    from mrlite.prompts import render_judge, render_meta_judge
+
+    return len(render_judge("", "")) / CHARS_PER_TOKEN, len(render_meta_judge("", "", "", "")) / CHARS_PER_TOKEN
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def _fmt_n(x: float) -> str:
+    if x >= 1e9:
+        return f"{x / 1e9:.1f}B"
+    if x >= 1e6:
+        return f"{x / 1e6:.1f}M"
+    if x >= 1e4:
+        return f"{x / 1e3:.0f}k"
+    return f"{x:.0f}"
+
+
+def _fmt_s(s: float) -> str:
+    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min"
+
+
+def load_rates(path: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise click.BadParameter(f"{path}: cannot read a JSON object of throughputs ({e})") from None
+    known = set(Rates.__dataclass_fields__)
+    bad = sorted(set(data) - known) if isinstance(data, dict) else ["(not an object)"]
+    if bad:
+        raise click.BadParameter(f"{path}: unknown keys {bad}; known: {sorted(known)}")
+    return data
+
+
+@click.command("plan")
+@click.argument("recipe")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe field (repeatable).")
+@click.option("--gpu-mem", type=float, metavar="GiB", help="Card memory to plan for (default: this machine's GPU, "
+              "else 24).")
+@click.option("--gpu", "gpu_name", type=click.Choice(sorted(GPU_CLASSES)), help="GPU class for the throughput table.")
+@click.option("--throughput", type=click.Path(exists=True, dir_okay=False),
+              help="JSON of your measured figures for this model (keys: decode_tok_s, prefill_tok_s, train_tok_s, "
+                   "engine_start_s, train_load_s, merge_gib_s); replaces the defaults.")
+@click.option("--strict", is_flag=True, help="Exit 1 when a stage does not fit the card.")
+def plan_cmd(recipe, sets, gpu_mem, gpu_name, throughput, strict):
+    """Estimate memory, tokens, time and disk per stage of RECIPE, and warn about stages that cannot fit.
+
+    Times come from a throughput table of estimates per GPU class (8B model, scaled by size); pass
+    --throughput with figures measured on your machine for real numbers.
+
+    \b
+    Examples:
+      mrlite plan recipes/paper.yaml --gpu-mem 24
+      mrlite plan recipes/paper_80gb.yaml --gpu h100
+      mrlite plan recipes/colab_t4.yaml --gpu t4 --strict
+    """
+    from mrlite.backends.vllm import default_quantization
+    from mrlite.recipe import RecipeError, load_recipe
+
+    try:
+        r = load_recipe(recipe, sets)
+    except RecipeError as e:
+        raise click.ClickException(str(e)) from None
+    if r.backends.generator == "fake":
+        click.echo(f"{r.name}: fake backend, no model: nothing to plan (it runs in seconds).")
+        return
+    shape = model_shape(r.model.base)
+    if shape is None:
+        raise click.ClickException(
+            f"unknown shape for model.base {r.model.base}; point it at a local model directory (config.json) "
+            f"or use one of: {', '.join(k for k in KNOWN_SHAPES if '/' in k)}")
+    detected = None
+    if gpu_mem is None and gpu_name is None:
+        from mrlite.gpu import gpus
+
+        devs = gpus(use_torch=False)  # nvidia-smi only: planning never imports torch
+        detected = devs[0] if devs else None
+    key = gpu_name or gpu_class_for(detected.name if detected else None, gpu_mem or (detected and detected.total_gib))
+    card = GPU_CLASSES[key]
+    if gpu_mem is not None:
+        card = replace(card, total_gib=gpu_mem)
+    elif detected is not None:
+        card = replace(card, name=detected.name, total_gib=detected.total_gib, capability=detected.capability)
+    rates = Rates(**{**asdict(card.rates), **load_rates(throughput)}) if throughput else card.rates.scaled(shape.params)
+    quant = default_quantization(r.backends.vllm.quantization, card.total_gib, shape.params * 2 / GIB)
+    ptok, note = prompt_tokens_of(r)
+    jt, mt = template_tokens()
+    rows = estimate(r, shape, card, rates, prompt_tokens=ptok, judge_rubric_tokens=jt, meta_rubric_tokens=mt,
+                    quantization=quant if r.backends.generator == "vllm" else None)
+    src = "your measured figures" if throughput else f"default estimates for {key}, scaled to this model"
+    click.echo(f"plan: {r.name} — {r.model.base} ({shape.params / 1e9:.2f}B params) on {card.name} "
+               f"({card.total_gib:.0f} GiB{'' if gpu_mem or detected else ', assumed'}); vLLM weights: "
+               f"{quant or ('bf16' if card.bf16 else 'fp16')}; throughput: {src}")
+    click.echo(f"{'iter':>4}  {'stage':<10} {'requests':>9} {'seqs':>9} {'prompt tok':>10} {'prefill':>9} "
+               f"{'new tok':>9} {'peak GiB':>8}  {'time':>8}  note")
+    total = 0.0
+    warnings = [note] if note else []
+    for e in rows:
+        if e.stage == "pairs":
+            continue
+        total += e.seconds
+        peak = "" if e.peak_gib is None else f"{e.peak_gib:.1f}" + ("" if e.fits else " !")
+        click.echo(f"{e.t:>4}  {e.stage:<10} {_fmt_n(e.requests):>9} {_fmt_n(e.sequences):>9} "
+                   f"{_fmt_n(e.prompt_tokens):>10} {_fmt_n(e.prefill_tokens):>9} {_fmt_n(e.new_tokens):>9} "
+                   f"{peak:>8}  {_fmt_s(e.seconds):>8}  {e.detail}".rstrip())
+        warnings += [f"iter {e.t} {w}" for w in e.notes if e.t == 1 or e.stage in ("eft",)]
+    d = disk_gib(r, shape)
+    click.echo(f"disk: {d['per_model']:.1f} GiB per merged model x {d['models']} = {d['merged_total']:.0f} GiB"
+               + (f", + {d['base_download']:.0f} GiB base download" if d["base_download"] else "")
+               + "; keep M_0 and the last 1-2 iterations to save space")
+    from mrlite.gpu import free_disk_gib
+
+    free = free_disk_gib(Path("runs"))
+    if free < d["total"]:
+        warnings.append(f"disk: the run needs ~{d['total']:.0f} GiB, {free:.0f} GiB are free here; delete old "
+                        "iterations' model/ folders as you go, or run with --out on a larger disk")
+    per_iter = sum(e.seconds for e in rows if e.t == 1)
+    click.echo(f"time: ~{_fmt_s(per_iter)} for iteration 1, ~{_fmt_s(total)} in all (estimates; measure with a "
+               "short run and pass --throughput)")
+    misfit = [e for e in rows if not e.fits]
+    for w in dict.fromkeys(warnings):
+        click.echo(f"WARN {w}", err=True)
+    if misfit and strict:
+        raise click.ClickException(f"{len(misfit)} stages do not fit {card.total_gib:.0f} GiB (see WARN lines)")
+
+
+__all__ = [
+    "GPU_CLASSES",
+    "KNOWN_SHAPES",
+    "GPUClass",
+    "ModelShape",
+    "Rates",
+    "StageEstimate",
+    "disk_gib",
+    "estimate",
+    "generation_memory",
+    "gpu_class_for",
+    "model_shape",
+    "plan_cmd",
+    "train_memory",
+    "weights_gib_16bit",
+]
