@@ -273,11 +273,10 @@ class Recipe(_Section):
                     "judge.n must be >= 2 when meta_judge.enabled (judge pairs compare judgments of one "
                     "response); set judge.n: 2 or more, or meta_judge.enabled: false"
                 )
-            bad = [i for i in self.meta_judge.iterations if not 1 <= i <= self.loop.iterations]
+            # Entries past loop.iterations are allowed (and unused), so `--set loop.iterations=1` just works.
+            bad = [i for i in self.meta_judge.iterations if i < 1]
             if bad:
-                raise ValueError(
-                    f"meta_judge.iterations {bad} lie outside 1..{self.loop.iterations} (loop.iterations)"
-                )
+                raise ValueError(f"meta_judge.iterations {bad}: iterations are numbered from 1")
         lo, hi = self.judge.score_range
         if not lo < hi:
             raise ValueError("judge.score_range must be (low, high) with low < high")

@@ -238,13 +238,22 @@ class RunDir:
     def _link_lock(self, tmp: Path, lock: Path) -> None:
         for _ in range(2):
             try:
-                os.link(tmp, lock)
+                try:
+                    os.link(tmp, lock)
+                except FileExistsError:
+                    raise
+                except OSError:  # a file system without hard links (some network mounts): exclusive create
+                    fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                    with os.fdopen(fd, "w") as f:
+                        f.write(tmp.read_text())
             except FileExistsError:
                 holder = _read_lock(lock)
                 if holder and _alive(holder):
+                    other = holder.get("host") != socket.gethostname()
                     raise RunDirError(
                         f"{self.root} is in use by another run (pid {holder.get('pid')} on {holder.get('host')}); "
-                        "wait for it to finish or use another --out"
+                        + (f"if that machine is gone (e.g. a disconnected Colab), delete {lock} and run again"
+                           if other else "wait for it to finish or use another --out")
                     ) from None
                 lock.unlink(missing_ok=True)  # stale lock from a killed run
                 continue

@@ -86,7 +86,7 @@ CASES: list[Case] = [
     ("negative K", _run("actor.n=-1"), "actor.n"),
     ("N<2 with meta-judge", _run("judge.n=1"), "judge.n must be >= 2"),
     ("rho > 0.5", _run("pairs.rho=[0.6]"), "[0, 0.5]"),
-    ("meta iterations out of range", _run("meta_judge.iterations=[7]"), "outside 1..2"),
+    ("meta iterations below 1", _run("meta_judge.iterations=[0]"), "numbered from 1"),
     ("set without =", _run("actor.n"), "expected KEY=VALUE"),
     ("set with bad YAML", _run("pairs.rho=[0,"), "not valid YAML"),
     ("missing recipe file", lambda tmp: ["run", str(tmp / "nope.yaml")], "recipe file not found"),

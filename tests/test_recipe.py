@@ -104,8 +104,7 @@ BAD_SETS = [
     (["pairs.rho=[0, 0.51]"], "every rho must lie in [0, 0.5], got 0.51"),
     (["pairs.rho=[-0.1]"], "every rho must lie in [0, 0.5]"),
     (["pairs.rho=[]"], "pairs.rho: needs at least one value"),
-    (["meta_judge.iterations=[3]"], "meta_judge.iterations [3] lie outside 1..2"),
-    (["meta_judge.iterations=[0, 1]"], "meta_judge.iterations [0] lie outside 1..2"),
+    (["meta_judge.iterations=[0, 1]"], "meta_judge.iterations [0]: iterations are numbered from 1"),
     (["meta_judge.budget=1"], "meta_judge.budget: must be 'all' or an integer >= 2"),
     (["meta_judge.budget=abc"], "meta_judge.budget: Input should be 'all'"),
     (["model.base=null"], "model.base: Input should be a valid string"),
@@ -209,3 +208,8 @@ def test_section_hash_tracks_only_its_sections() -> None:
     a, b = load_recipe(SMOKE), load_recipe(SMOKE, ["actor.n=2"])
     assert a.section_hash("judge") == b.section_hash("judge")
     assert a.section_hash("actor") != b.section_hash("actor")
+
+
+def test_short_loop_ignores_later_judge_iterations() -> None:
+    r = load_recipe(REPO / "recipes" / "tiny.yaml", ["loop.iterations=1"])
+    assert r.loop.iterations == 1 and r.meta_judge.iterations == [1, 2]
