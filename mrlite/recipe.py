@@ -191,6 +191,10 @@ class TrainCfg(_Section):
     learning_rate: float = Field(5e-6, gt=0.0, description="Paper: 5e-6 (full fine-tune); LoRA usually wants more.")
     epochs: float = Field(1.0, gt=0.0, description="Paper: up to 10 with checkpoint selection (criterion unknown).")
     max_steps: int | None = Field(None, ge=1, description="Overrides epochs when set.")
+    save_steps: int | None = Field(
+        50, ge=1, description="Save a trainer checkpoint every this many steps; a killed train stage resumes from "
+        "the last one (null: no checkpoints, a killed stage restarts training)."
+    )
     batch_size: int = Field(1, ge=1, description="Per-device batch size.")
     grad_accum: int = Field(32, ge=1, description="Gradient accumulation; paper global batch 32.")
     max_length: int = Field(2048, ge=32, description="Prompt + answer tokens; longer rows are dropped and counted.")

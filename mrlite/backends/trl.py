@@ -29,6 +29,7 @@ from mrlite.backends.base import TrainResult
 from mrlite.backends.hf import native_bf16
 from mrlite.models import check_chat_template
 from mrlite.recipe import LoraCfg, Recipe
+from mrlite.rundir import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ class _Collect(TrainerCallback):
         self.rows: list[dict] = []
         self.t0 = time.perf_counter()
 
+    def on_save(self, args, state, control, **kwargs):
+        fault_point("train:checkpoint")  # kill/resume tests die here, right after a checkpoint is written
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
         if "loss" not in logs:  # the final train_runtime/train_loss summary row
@@ -60,6 +64,18 @@ class _Collect(TrainerCallback):
         row.update(step=state.global_step, epoch=float(state.epoch or 0.0),
                    seconds=round(time.perf_counter() - self.t0, 2))
         self.rows.append(row)
+
+
+def _rows_from_history(history: list[dict]) -> list[dict]:
+    """Metrics rows (as _Collect makes them, minus wall-clock) rebuilt from ``trainer.state.log_history``."""
+    rows = []
+    for logs in history:
+        if "loss" not in logs:
+            continue
+        row = {k: float(logs[k]) for k in METRIC_KEYS if k in logs}
+        row.update(step=int(logs.get("step", 0)), epoch=float(logs.get("epoch") or 0.0))
+        rows.append(row)
+    return rows
 
 
 class TRLTrainer:
@@ -158,10 +174,15 @@ class TRLTrainer:
         quantized = self.recipe.train.load_in_4bit
         work = out / ".trainer"
         common = dict(
-            output_dir=str(work), logging_steps=1, save_strategy="no", report_to="none", seed=seed,
+            output_dir=str(work), logging_steps=1, report_to="none", seed=seed,
             data_seed=seed, max_length=max_length, use_cpu=not self.cuda, bf16=self._bf16(quantized),
             dataloader_num_workers=0, remove_unused_columns=True,
         )
+        # Checkpoints let a killed DPO stage resume (the train stage keeps `out` across restarts when its inputs
+        # and settings are unchanged); EFT is short and restarts.
+        save_steps = self.recipe.train.save_steps if kind == "dpo" else None
+        common.update(save_strategy="steps", save_steps=save_steps, save_total_limit=1) if save_steps else \
+            common.update(save_strategy="no")
         config_cls, trainer_cls = (DPOConfig, DPOTrainer) if kind == "dpo" else (SFTConfig, SFTTrainer)
         # Checkpointing saves GPU memory; on CPU it only costs time (stack.md §4). transformers 5.23 renamed it.
         fields = {f.name for f in dataclasses.fields(config_cls)}
@@ -182,7 +203,14 @@ class TRLTrainer:
             model=model, args=config, train_dataset=Dataset.from_list(kept), processing_class=tok,
             peft_config=peft_config, callbacks=[collect],
         )
-        trainer.train()
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(str(work)) if save_steps and work.is_dir() else None
+        if last:
+            log.info("%s iter %d: resuming training from %s", kind, self.iteration, Path(last).name)
+        trainer.train(resume_from_checkpoint=last)
+        if last:  # rows logged before the checkpoint come back from the restored trainer state
+            collect.rows = _rows_from_history(trainer.state.log_history)
         train_seconds = time.perf_counter() - t0
 
         adapter_dir = out / "adapter"

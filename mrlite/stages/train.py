@@ -9,11 +9,12 @@ Exercised by: ``mrlite run recipes/smoke.yaml --only train --iter 1``.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
-from mrlite.rundir import atomic_write_jsonl, fingerprint, iter_jsonl, replace_dir
-from mrlite.stages import StageContext, StageError, fault_point
+from mrlite.rundir import atomic_write_jsonl, atomic_write_text, config_hash, fingerprint, iter_jsonl, replace_dir
+from mrlite.stages import StageContext, StageError, expected_marker_keys, fault_point
 
 TRAIN_KEYS = ("prompt", "chosen", "rejected")
 
@@ -48,10 +49,14 @@ def run(ctx: StageContext) -> dict:
             "starting the next iteration on an untrained model. Raise data.prompts_per_iteration, actor.n or "
             "judge.n, or check the judge's parse rate (mrlite status)"
         )
+    # train.tmp survives a kill: with the same inputs and settings its trainer checkpoints are resumed.
     tmp = ctx.path("train.tmp")
-    if tmp.exists():
+    key = config_hash(expected_marker_keys(ctx, "train"))
+    key_file = tmp / "key.json"
+    if tmp.exists() and not (key_file.is_file() and json.loads(key_file.read_text()).get("key") == key):
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(key_file, json.dumps({"key": key}) + "\n")
     data = tmp / "rows.jsonl"
     atomic_write_jsonl(data, rows)
     base = ctx.policy_model()
