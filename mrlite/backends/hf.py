@@ -5,8 +5,9 @@ Every row draws its randomness from its own ``torch.Generator`` seeded from ``(r
 (Gumbel-max sampling), so a row's text does not depend on which other rows share the batch or on the batch size.
 Batched matmuls can still differ from unbatched ones in the last bits: on CPU, bf16 rows are made bit-identical by
 row-wise attention, and fp32 rows differed in 0 of 32 SmolLM2 rows between batch size 1 and 16, greedy and sampled
-(``benchmarks/hf_generate.py --determinism``); GPUs are unmeasured. A judge/meta-judge row whose text has no parseable label gets ``"\n" + label`` fed through its own
-KV cache and the most likely allowed value appended (``forced=True``). Exercised by:
+(``benchmarks/hf_generate.py --determinism``); GPUs are unmeasured. A judge/meta-judge row whose text has no
+parseable label gets ``"\n" + label`` fed through its own KV cache, then a value drawn among the allowed tokens
+with the row's generator (argmax at temperature 0) is appended (``forced=True``). Exercised by:
 ``mrlite run recipes/tiny.yaml``.
 """
 
