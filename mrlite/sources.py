@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mrlite.rundir import RunDirError, read_jsonl
+
 
 class SourceError(ValueError):
     """A data-source problem a user can fix. One line."""
@@ -50,19 +52,10 @@ def _read_rows(spec: str, split: str) -> tuple[list[dict], str]:
             if suffix == ".json" and _starts_with_bracket(p):  # a JSON array, e.g. AlpacaEval's eval set
                 return _json_array_rows(p), ident
             if suffix in (".jsonl", ".json"):
-                rows = []
-                with open(p, encoding="utf-8") as f:
-                    for i, line in enumerate(f, 1):
-                        if not line.strip():
-                            continue
-                        try:
-                            row = json.loads(line)
-                        except json.JSONDecodeError as e:
-                            raise SourceError(f"{p}:{i}: not valid JSON ({e.msg})") from None
-                        if not isinstance(row, dict):
-                            raise SourceError(f"{p}:{i}: expected a JSON object per line")
-                        rows.append(row)
-                return rows, ident
+                try:
+                    return read_jsonl(p), ident
+                except RunDirError as e:
+                    raise SourceError(str(e).replace("; delete the file or fix that line", "")) from None
             if suffix == ".csv":
                 with open(p, encoding="utf-8", newline="") as f:
                     return list(csv.DictReader(f)), ident

@@ -123,7 +123,8 @@ def test_merged_model_differs_and_prefers_chosen(dpo1, tiny_model):  # noqa: F81
 
 
 def test_lineage_chains_across_rounds(dpo1, tiny_model, tmp_path):  # noqa: F811
-    from mrlite.backends.trl import TRLTrainer, _sha256
+    from mrlite.backends.trl import TRLTrainer
+    from mrlite.rundir import sha256_file as _sha256
 
     out1, _ = dpo1
     lin1 = json.loads((out1 / "model" / "lineage.json").read_text())

@@ -17,7 +17,6 @@ import contextvars
 import gc
 import hashlib
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
+from mrlite.backends.forcing import WINNER_CHOICES, Forcing, forcing_tokens  # noqa: F401
 from mrlite.backends.base import Completion, GenRequest, Message, Sampling
 from mrlite.models import check_chat_template
 from mrlite.parsing import SCORE_LABEL, WINNER_LABEL, has_score, has_winner
@@ -33,7 +33,6 @@ from mrlite.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
-WINNER_CHOICES = ("A", "B")
 ROWWISE_ATTENTION = "mrlite_rowwise"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -137,14 +136,6 @@ class _Row:
 
 
 @dataclass
-class _Forcing:
-    """How to force one label: tokens to append after the generated text, then one token among ``choices``."""
-
-    prefix: list[int]
-    choices: list[int]
-    texts: list[str]
-
-
 class HFGenerator:
     """Generator backend on a transformers causal LM (CPU or one GPU).
 
@@ -180,7 +171,7 @@ class HFGenerator:
         self.eos_ids = self._eos_ids()
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(self.eos_ids)
-        self._forcing: dict[str, _Forcing] = {}
+        self._forcing: dict[str, Forcing] = {}
         log.info("hf generator: %s (%s, %s) loaded in %.1f s", model, self.device, str(self.dtype).removeprefix(
             "torch."), time.perf_counter() - t0)
 
@@ -380,32 +371,14 @@ class HFGenerator:
             return not has_winner(text)
         return False
 
-    def _forcing_for(self, force: str | None) -> _Forcing:
-        """Tokens of ``"\\n" + label`` and the single tokens that complete it with each allowed value."""
-        if force in self._forcing:
-            return self._forcing[force]
-        if force == "score":
-            lo, hi = self.recipe.judge.score_range
-            values = [str(v) for v in range(math.ceil(lo), math.floor(hi) + 1)]
-            label = SCORE_LABEL
-        elif force == "winner":
-            values, label = list(WINNER_CHOICES), WINNER_LABEL
-        else:
-            raise ValueError(f"unknown force {force!r}; expected 'score' or 'winner'")
-        # Tokenise each full line: "Score: 3" may split as "Score", ":", " ", "3" or as "Score", ":", " 3".
-        full = [self.tokenizer("\n" + label + v, add_special_tokens=False)["input_ids"] for v in values]
-        n = 0
-        while all(len(f) > n + 1 for f in full) and len({f[n] for f in full}) == 1:
-            n += 1
-        tails = [f[n:] for f in full]
-        if not values or any(len(t) != 1 for t in tails) or len({t[0] for t in tails}) != len(tails):
-            raise ValueError(
-                f"forced {force}: the values {values} are not single distinct tokens after {label!r} for this "
-                "tokenizer; narrow judge.score_range to single digits or set force_parse: false"
-            )
-        f = _Forcing(prefix=full[0][:n], choices=[t[0] for t in tails], texts=values)
-        self._forcing[force] = f
-        return f
+    def _forcing_for(self, force: str | None) -> Forcing:
+        """Label prefix + one token per allowed value, cached per kind (see mrlite.backends.forcing)."""
+        if force not in self._forcing:
+            def encode(text: str) -> list[int]:
+                return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+            self._forcing[force] = forcing_tokens(encode, force, self.recipe.judge.score_range)
+        return self._forcing[force]
 
 
 def sample_next(logits: torch.Tensor, gens: list[torch.Generator], temperature: float, top_p: float) -> torch.Tensor:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import json
 import logging
 import math
@@ -29,7 +28,7 @@ from mrlite.backends.base import TrainResult
 from mrlite.backends.hf import native_bf16
 from mrlite.models import check_chat_template
 from mrlite.recipe import LoraCfg, Recipe
-from mrlite.rundir import fault_point
+from mrlite.rundir import fault_point, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +303,7 @@ class TRLTrainer:
         lineage["adapters"].append({
             "iteration": self.iteration,
             "kind": kind,
-            "adapter_sha256": _sha256(adapter_dir / "adapter_model.safetensors"),
+            "adapter_sha256": sha256_file(adapter_dir / "adapter_model.safetensors"),
         })
         (model_dir / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n", encoding="utf-8")
 
@@ -373,14 +372,6 @@ def _make_config(cls, kwargs: dict):
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ValueError(f"train.trl_args: {cls.__name__} rejected the settings: {' '.join(str(e).split())}") from None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_lineage(base: str) -> dict:

@@ -85,7 +85,8 @@ def merged_size_gib(base_dir: Path) -> float:
 
 def write_lineage(model_dir: Path, base: str, iteration: int, kind: str, adapter: Path) -> dict:
     """``lineage.json`` in the TRL trainer's format (parent chain + this adapter), plus how it was merged."""
-    from mrlite.backends.trl import _read_lineage, _sha256
+    from mrlite.backends.trl import _read_lineage
+    from mrlite.rundir import sha256_file as _sha256
 
     lineage = _read_lineage(base)
     lineage["adapters"].append({"iteration": iteration, "kind": kind, "trainer": "unsloth", "merge": MERGE_METHOD,

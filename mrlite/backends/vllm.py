@@ -24,16 +24,15 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import math
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mrlite.backends import BackendError
 from mrlite.backends.base import Completion, GenRequest, Message, Sampling
-from mrlite.parsing import SCORE_LABEL, WINNER_LABEL, has_score, has_winner
+from mrlite.backends.forcing import Forcing, forcing_tokens, score_values
+from mrlite.parsing import SCORE_LABEL, has_score, has_winner
 from mrlite.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -43,7 +42,6 @@ SMALL_CARD_GIB = 32.0
 FP8_DEFAULT = "fp8_per_tensor"
 """Online FP8 in vLLM 0.33; plain ``"fp8"`` now expects an FP8 checkpoint (stack.md Part 2 §0.3)."""
 END_OF_TURN_TOKENS = ("<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "<end_of_turn>", "<|endoftext|>")
-WINNER_CHOICES = ("A", "B")
 SEED_MODULUS = 2**31 - 1
 """vLLM gives sample i of an ``n>1`` request the seed ``seed + i``; folding keeps that inside int32/int64."""
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
@@ -130,11 +128,6 @@ def sampling_kwargs(req: GenRequest, sampling: Sampling, max_tokens: int, stop_i
     return kw
 
 
-def score_values(score_range: tuple[float, float]) -> list[str]:
-    lo, hi = score_range
-    return [str(v) for v in range(math.ceil(lo), math.floor(hi) + 1)]
-
-
 def force_regex(force: str, score_range: tuple[float, float]) -> str:
     """Free text that must end with a parseable label: the structured-outputs pattern for a forced request."""
     if force == "score":
@@ -147,47 +140,6 @@ def force_regex(force: str, score_range: tuple[float, float]) -> str:
 def _literal(text: str) -> str:
     """Regex for ``text`` as-is. Unlike ``re.escape`` it leaves spaces alone: xgrammar warns on ``\\ ``."""
     return re.sub(r"([.^$*+?{}\[\]\\|()])", r"\\\1", text)
-
-
-@dataclass(frozen=True)
-class Forcing:
-    """Tokens to append after the generated ids (``"\\n" + label`` minus the value), then one of ``choices``."""
-
-    prefix: list[int]
-    choices: list[int]
-    texts: list[str]
-    label: str
-
-
-def forcing_tokens(encode, force: str, score_range: tuple[float, float]) -> Forcing:
-    """Split ``"\\n" + label + value`` into a shared prefix and one distinct token per allowed value.
-
-    Args:
-        encode: ``text -> token ids`` without special tokens.
-        force: ``"score"`` or ``"winner"``.
-        score_range: Allowed judge scores (integers inside it are the values).
-
-    Raises:
-        ValueError: the values are not single distinct tokens after the label for this tokenizer.
-    """
-    if force == "score":
-        values, label = score_values(score_range), SCORE_LABEL
-    elif force == "winner":
-        values, label = list(WINNER_CHOICES), WINNER_LABEL
-    else:
-        raise ValueError(f"unknown force {force!r}; expected 'score' or 'winner'")
-    # "Score: 3" may split as "Score", ":", " ", "3" or as "Score", ":", " 3": tokenise each full line.
-    full = [list(encode("\n" + label + v)) for v in values]
-    n = 0
-    while full and all(len(f) > n + 1 for f in full) and len({f[n] for f in full}) == 1:
-        n += 1
-    tails = [f[n:] for f in full]
-    if not values or any(len(t) != 1 for t in tails) or len({t[0] for t in tails}) != len(tails):
-        raise ValueError(
-            f"forced {force}: the values {values} are not single distinct tokens after {label!r} for this "
-            "tokenizer; narrow judge.score_range to single digits or set force_parse: false"
-        )
-    return Forcing(prefix=full[0][:n], choices=[t[0] for t in tails], texts=values, label=label)
 
 
 def stop_token_ids(eos_token_id, generation_config: dict | None, vocab: dict[str, int]) -> list[int]:
