@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import json
 import logging
+import os
 import math
 import shutil
 import time
@@ -63,6 +64,25 @@ class _Collect(TrainerCallback):
         row.update(step=state.global_step, epoch=float(state.epoch or 0.0),
                    seconds=round(time.perf_counter() - self.t0, 2))
         self.rows.append(row)
+
+
+def _portable_adapter(adapter_dir: Path, base: str, out: Path) -> None:
+    """Keep run files free of absolute paths, so two runs of one recipe in different directories are identical.
+
+    The stage moves ``out/adapter`` to ``out/../adapter``; the base is recorded relative to that final place when it
+    is a local directory (M_{t-1} of this run), peft's generated model card (which repeats it) is dropped, and
+    ``target_modules`` is sorted.
+    """
+    (adapter_dir / "README.md").unlink(missing_ok=True)
+    cfg_path = adapter_dir / "adapter_config.json"
+    if not cfg_path.is_file():
+        return
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    if Path(base).is_dir():
+        cfg["base_model_name_or_path"] = os.path.relpath(Path(base).resolve(), (Path(out).parent / "adapter").resolve())
+    if isinstance(cfg.get("target_modules"), list):  # peft writes a set: its order changes between processes
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _rows_from_history(history: list[dict]) -> list[dict]:
@@ -214,6 +234,7 @@ class TRLTrainer:
 
         adapter_dir = out / "adapter"
         trainer.model.save_pretrained(adapter_dir)
+        _portable_adapter(adapter_dir, base, out)
         del trainer, model
         shutil.rmtree(work, ignore_errors=True)
         self._merge(base, adapter_dir, out / "model", tok, kind)
