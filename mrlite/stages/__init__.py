@@ -159,6 +159,7 @@ def run_stage(ctx: StageContext, stage: str) -> str:
         return st
     label = f"iter {ctx.t} {stage}" if stage != "eft" else "eft"
     if st == "done":
+        _drop_parts(ctx, stage)  # left over when a kill fell between the marker and this cleanup
         log.info("✓ %s (cached, %s rows)", label, marker.get("n_out"))
         return "cached"
     if st == "stale":
@@ -192,11 +193,17 @@ def run_stage(ctx: StageContext, stage: str) -> str:
     }
     fault_point(f"{stage}:before_marker")
     ctx.run.write_marker(ctx.t, stage, new_marker)
+    fault_point(f"{stage}:after_marker")
+    _drop_parts(ctx, stage)
+    ctx.run.append_timing({"iter": ctx.t, "stage": stage, "seconds": round(seconds, 3)})
+    log.info("%s, %.1fs", mod.summary_line(ctx.t, summary), seconds)
+    return "ran"
+
+
+def _drop_parts(ctx: StageContext, stage: str) -> None:
+    """Remove a finished stage's partial chunks (and the ``.parts`` folder once empty)."""
     parts = ctx.run.parts_dir(ctx.t, stage)
     if parts.exists():
         shutil.rmtree(parts)
     if parts.parent.exists() and not any(parts.parent.iterdir()):
         parts.parent.rmdir()
-    ctx.run.append_timing({"iter": ctx.t, "stage": stage, "seconds": round(seconds, 3)})
-    log.info("%s, %.1fs", mod.summary_line(ctx.t, summary), seconds)
-    return "ran"
