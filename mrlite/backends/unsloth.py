@@ -234,6 +234,9 @@ class UnslothTrainer:
         adapter, merged = out / "adapter", out / "model"
         model.save_pretrained(str(adapter))
         model.save_pretrained_merged(str(merged), tokenizer, save_method=MERGE_METHOD)
+        from mrlite.backends.trl import _portable_adapter
+
+        _portable_adapter(adapter, str(base_dir), out)  # no absolute paths in run files (after the merge read it)
         gen = base_dir / "generation_config.json"
         if gen.is_file() and not (merged / "generation_config.json").exists():
             shutil.copy2(gen, merged / "generation_config.json")  # the generator's stop ids need it
