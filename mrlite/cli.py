@@ -5,12 +5,12 @@ Exercised by: ``mrlite --help``, ``mrlite run recipes/smoke.yaml``.
 
 from __future__ import annotations
 
-import functools
 import sys
 
 import click
 
 from mrlite import __version__
+from mrlite.errors import setup_cli_logging, user_error_types, user_errors
 
 STAGE_NAMES = ("eft", "sample", "judge", "meta_judge", "pairs", "train")
 
@@ -19,50 +19,8 @@ WORKER_USER_ERROR = 3
 """Exit code of a stage subprocess that already printed a one-line user error (the parent adds nothing)."""
 
 
-def user_error_types() -> tuple[type[Exception], ...]:
-    from mrlite.backends import BackendError
-    from mrlite.loop import StageFailed
-    from mrlite.recipe import RecipeError
-    from mrlite.rundir import RunDirError
-    from mrlite.sources import SourceError
-    from mrlite.stages import StageError
-
-    types: tuple = (RecipeError, RunDirError, StageError, StageFailed, BackendError, SourceError)
-    try:
-        from mrlite.models import ModelError
-
-        types += (ModelError,)
-    except ImportError:
-        pass
-    return types
-
-
-def _user_errors(fn):
-    """Turn errors a user can fix into one ``Error: ...`` line and exit code 1 (no traceback)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from mrlite.loop import StageFailed
-
-        try:
-            return fn(*args, **kwargs)
-        except StageFailed as e:
-            if e.quiet:  # the stage subprocess printed its one line already
-                sys.exit(1)
-            raise click.ClickException(str(e)) from None
-        except user_error_types() as e:
-            raise click.ClickException(str(e)) from None
-        except KeyboardInterrupt:
-            click.echo("\nInterrupted. Run the same command again to resume where it stopped.", err=True)
-            sys.exit(130)
-
-    return wrapper
-
-
-def _setup(verbose: int, quiet: bool) -> None:
-    from mrlite.log import setup_logging
-
-    setup_logging(-1 if quiet else verbose)
+_user_errors = user_errors("Run the same command again to resume where it stopped.")
+_setup = setup_cli_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -6,48 +6,15 @@ Exercised by: ``mrlite data check builtin``, ``mrlite eval runs/smoke``, ``mrlit
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
 
 import click
 
-
-def _errors(fn):
-    """Problems a user can fix → one ``Error: …`` line, exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from mrlite.backends import BackendError
-        from mrlite.endpoint import EndpointError
-        from mrlite.evaluate import EvalError
-        from mrlite.recipe import RecipeError
-        from mrlite.report import ReportError
-        from mrlite.rundir import RunDirError
-        from mrlite.sources import SourceError
-
-        types: tuple = (BackendError, EndpointError, EvalError, RecipeError, ReportError, RunDirError, SourceError)
-        try:
-            from mrlite.models import ModelError
-
-            types += (ModelError,)
-        except ImportError:
-            pass
-        try:
-            return fn(*args, **kwargs)
-        except types as e:
-            raise click.ClickException(str(e)) from None
-        except KeyboardInterrupt:
-            click.echo("\nInterrupted. Cached answers and judgments are kept; run the command again.", err=True)
-            sys.exit(130)
-
-    return wrapper
+from mrlite.errors import setup_cli_logging, user_errors
 
 
-def _logging(verbose: int, quiet: bool) -> None:
-    from mrlite.log import setup_logging
-
-    setup_logging(-1 if quiet else verbose)
+_errors = user_errors("Cached answers and judgments are kept; run the command again.")
+_logging = setup_cli_logging
 
 
 def _pct(x) -> str:
