@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+import mrlite
 
 from mrlite.backends.base import Completion, GenRequest, Sampling
 
@@ -75,3 +81,17 @@ class StubServer:
 def chat_reply(text: str) -> tuple[int, dict]:
     return 200, {"id": "x", "object": "chat.completion", "choices": [
         {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    """A finished smoke run (fake backend), made once per test module."""
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    mrlite.run(mrlite.load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "smoke.yaml"), out)
+    return out
+
+
+@pytest.fixture
+def run(smoke_run, tmp_path) -> Path:
+    """A private copy of the smoke run (eval and report write into it)."""
+    return Path(shutil.copytree(smoke_run, tmp_path / "run"))

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from eval_helpers import StubServer, chat_reply
+from eval_helpers import StubServer, chat_reply, run, smoke_run  # noqa: F401  (fixtures)
 
 import mrlite
 from mrlite.backends.fake import FakeGenerator
@@ -21,19 +20,6 @@ from mrlite.rundir import read_jsonl
 pytest.importorskip("sklearn")
 REPO = Path(__file__).resolve().parents[1]
 HUMAN = str(REPO / "tests" / "assets" / "oasst_messages.jsonl")
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("smoke") / "run"
-    mrlite.run(mrlite.load_recipe(REPO / "recipes" / "smoke.yaml"), out)
-    return out
-
-
-@pytest.fixture
-def run(smoke_run, tmp_path) -> Path:
-    """A private copy of the smoke run (eval writes into it)."""
-    return Path(shutil.copytree(smoke_run, tmp_path / "run"))
 
 
 @pytest.fixture

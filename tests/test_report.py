@@ -3,15 +3,14 @@ the status rows."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from eval_helpers import run, smoke_run  # noqa: F401  (fixtures)
 from click.testing import CliRunner
 
-import mrlite
 from mrlite.cli import cli
 from mrlite.status import status_table
 
@@ -23,18 +22,6 @@ TRAINING_FIGS = {"scores", "lengths", "parse_rates", "pairs", "training", "meta_
 SECTIONS = ["# mrlite report: smoke", "## Iterations", "## Judge scores", "## Response length", "## Parse rates",
             "## Preference pairs", "## DPO training", "## Meta-judge biases", "## Evaluation: win rates",
             "## Judge quality vs human rankings"]
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("smoke") / "run"
-    mrlite.run(mrlite.load_recipe(REPO / "recipes" / "smoke.yaml"), out)
-    return out
-
-
-@pytest.fixture
-def run(smoke_run, tmp_path) -> Path:
-    return Path(shutil.copytree(smoke_run, tmp_path / "run"))
 
 
 def _assert_real_png(path: Path) -> None:
