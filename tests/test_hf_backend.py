@@ -26,7 +26,7 @@ REQS = [GenRequest(id=f"r{i}", messages=chat("Tell me something. " * (i + 1)), n
 
 
 @pytest.fixture(scope="module")
-def gen(tiny_model):  # noqa: F811
+def gen(tiny_model):
     from mrlite.backends.hf import HFGenerator
 
     g = HFGenerator(tiny_recipe(backends={"hf": {"batch_size": 16}}), tiny_model)
@@ -35,7 +35,7 @@ def gen(tiny_model):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def gen_bf16(tiny_model):  # noqa: F811
+def gen_bf16(tiny_model):
     from mrlite.backends.hf import HFGenerator
 
     g = HFGenerator(tiny_recipe(backends={"hf": {"batch_size": 16, "dtype": "bfloat16"}}), tiny_model)
@@ -104,7 +104,7 @@ def test_forced_score_and_winner(gen):
     assert texts(gen.generate(reqs, SAMPLE)) == texts(out)
 
 
-def test_forced_respects_score_range(tiny_model):  # noqa: F811
+def test_forced_respects_score_range(tiny_model):
     from mrlite.backends.hf import HFGenerator
 
     g = HFGenerator(tiny_recipe(judge={"score_range": [1, 3]}), tiny_model)
@@ -125,7 +125,7 @@ def test_text_already_parseable_is_not_forced(gen, monkeypatch):
     assert not any(c.forced for c in out[0])
 
 
-def test_max_new_tokens_capped_by_model_len(tiny_model):  # noqa: F811
+def test_max_new_tokens_capped_by_model_len(tiny_model):
     from mrlite.backends.hf import HFGenerator
 
     g = HFGenerator(tiny_recipe(model={"max_model_len": 64}), tiny_model)
@@ -172,7 +172,7 @@ def test_stops_at_eos(gen, monkeypatch):
     assert [c.n_tokens for c in out[0]] == [2, 2]
 
 
-def test_no_chat_template_is_refused(tiny_model, tmp_path):  # noqa: F811
+def test_no_chat_template_is_refused(tiny_model, tmp_path):
     from mrlite.backends.hf import HFGenerator
     from mrlite.models import ModelError
 

@@ -134,7 +134,7 @@ def test_build_is_atomic(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @needs_build
-def test_smollm2_conversion(model_home):  # noqa: F811
+def test_smollm2_conversion(model_home):
     """Converts once into $MRLITE_HOME (~20 s; CI caches it); a plain LlamaForCausalLM dir with a chat template."""
     from transformers import AutoConfig, AutoTokenizer
 

@@ -56,7 +56,7 @@ def _weights(model_dir: Path) -> dict:
     return out
 
 
-def test_tiny_random_is_deterministic_and_resumes(model_home, tmp_path: Path) -> None:  # noqa: F811
+def test_tiny_random_is_deterministic_and_resumes(model_home, tmp_path: Path) -> None:
     sets = [*SMALL, "model.base=tiny-random"]
     a = _run(tmp_path / "a", sets)
     assert a.returncode == 0, a.stderr[-3000:]
@@ -81,7 +81,7 @@ def test_tiny_random_is_deterministic_and_resumes(model_home, tmp_path: Path) ->
     assert snapshot(tmp_path / "b") == ref
 
 
-def test_smollm2_one_iteration(model_home, tmp_path: Path) -> None:  # noqa: F811
+def test_smollm2_one_iteration(model_home, tmp_path: Path) -> None:
     pytest.importorskip("gguf")
     import importlib.util
 
@@ -101,7 +101,7 @@ def test_smollm2_one_iteration(model_home, tmp_path: Path) -> None:  # noqa: F81
     assert any((w0[k] != w1[k]).any() for k in w0 if k in w1)
 
 
-def test_training_resumes_from_its_checkpoint(model_home, tmp_path: Path) -> None:  # noqa: F811
+def test_training_resumes_from_its_checkpoint(model_home, tmp_path: Path) -> None:
     """Killed right after the 2nd trainer checkpoint, the train stage resumes there and ends where an
     uninterrupted run ends: same metrics rows, same adapter."""
     sets = [*SMALL, "model.base=tiny-random", "eft.enabled=false", "train.save_steps=1", "train.max_steps=3",

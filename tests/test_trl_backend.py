@@ -64,7 +64,7 @@ def pair_margin(model_dir, pairs=PAIRS) -> float:
 
 
 @pytest.fixture(scope="module")
-def dpo1(tiny_model, tmp_path_factory):  # noqa: F811
+def dpo1(tiny_model, tmp_path_factory):
     from mrlite.backends.trl import TRLTrainer
 
     d = tmp_path_factory.mktemp("dpo1")
@@ -73,7 +73,7 @@ def dpo1(tiny_model, tmp_path_factory):  # noqa: F811
     return d / "out", result
 
 
-def test_dpo_outputs(dpo1, tiny_model):  # noqa: F811
+def test_dpo_outputs(dpo1, tiny_model):
     out, _ = dpo1
     assert (out / "adapter" / "adapter_config.json").exists()
     assert (out / "adapter" / "adapter_model.safetensors").exists()
@@ -112,7 +112,7 @@ def test_lora_weights_changed(dpo1):
                                           "down_proj"} and cfg["r"] == 8
 
 
-def test_merged_model_differs_and_prefers_chosen(dpo1, tiny_model):  # noqa: F811
+def test_merged_model_differs_and_prefers_chosen(dpo1, tiny_model):
     out, _ = dpo1
     base, merged = weights(tiny_model), weights(out / "model")
     assert base.keys() == merged.keys()
@@ -122,7 +122,7 @@ def test_merged_model_differs_and_prefers_chosen(dpo1, tiny_model):  # noqa: F81
     assert after > before + 1.0, (before, after)
 
 
-def test_lineage_chains_across_rounds(dpo1, tiny_model, tmp_path):  # noqa: F811
+def test_lineage_chains_across_rounds(dpo1, tiny_model, tmp_path):
     from mrlite.backends.trl import TRLTrainer
     from mrlite.rundir import sha256_file as _sha256
 
@@ -142,7 +142,7 @@ def test_lineage_chains_across_rounds(dpo1, tiny_model, tmp_path):  # noqa: F811
     assert any(not torch.equal(w1[k], w2[k]) for k in w1)
 
 
-def test_overlong_rows_dropped_and_counted(tiny_model, tmp_path):  # noqa: F811
+def test_overlong_rows_dropped_and_counted(tiny_model, tmp_path):
     from mrlite.backends.trl import TRLTrainer
 
     long = ("Tell me a story.", "Once. " * 60, "No. " * 60)
@@ -156,7 +156,7 @@ def test_overlong_rows_dropped_and_counted(tiny_model, tmp_path):  # noqa: F811
     assert "\n" not in str(e.value)
 
 
-def test_unknown_trl_arg_is_one_line_error(tiny_model, tmp_path):  # noqa: F811
+def test_unknown_trl_arg_is_one_line_error(tiny_model, tmp_path):
     from mrlite.backends.trl import TRLTrainer
 
     rows = write_pairs(tmp_path / "pairs.jsonl")
@@ -168,7 +168,7 @@ def test_unknown_trl_arg_is_one_line_error(tiny_model, tmp_path):  # noqa: F811
     assert ok.train_dpo(rows, tiny_model, tmp_path / "out_ok").n_rows == 4
 
 
-def test_sft_trains_and_merges(tiny_model, tmp_path):  # noqa: F811
+def test_sft_trains_and_merges(tiny_model, tmp_path):
     from mrlite.backends.trl import TRLTrainer
 
     rows = tmp_path / "eft.jsonl"
@@ -189,7 +189,7 @@ def test_sft_trains_and_merges(tiny_model, tmp_path):  # noqa: F811
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
-def test_dpo_4bit_trains_and_merges_unquantised(tiny_model, tmp_path):  # noqa: F811
+def test_dpo_4bit_trains_and_merges_unquantised(tiny_model, tmp_path):
     from mrlite.backends.trl import TRLTrainer
 
     rows = write_pairs(tmp_path / "pairs.jsonl")
