@@ -7,6 +7,7 @@ tests never write to the real ``~/.cache``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -43,3 +44,12 @@ def tiny_recipe(**sections):
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value}
     return recipe_from_dict(data)
+
+
+def cuda_available() -> bool:
+    """A usable CUDA device, checked without importing torch when torch is absent."""
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()

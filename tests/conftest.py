@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from _models import cuda_available
 
 import mrlite
 
@@ -13,16 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 
 
-def _cuda_available() -> bool:
-    if importlib.util.find_spec("torch") is None:  # never import torch when it is absent
-        return False
-    import torch
-
-    return torch.cuda.is_available()
-
-
 # Importing torch costs seconds, so only ask when a GPU test file exists.
-collect_ignore_glob = ["*_gpu.py"] if any(TESTS.glob("*_gpu.py")) and not _cuda_available() else []
+collect_ignore_glob = ["*_gpu.py"] if any(TESTS.glob("*_gpu.py")) and not cuda_available() else []
 
 
 @pytest.fixture

@@ -15,19 +15,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
-
-def _cuda() -> bool:
-    if importlib.util.find_spec("torch") is None:  # never import torch when it is absent
-        return False
-    import torch
-
-    return torch.cuda.is_available()
+from _models import cuda_available
 
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU"),
+    pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU"),
     pytest.mark.skipif(importlib.util.find_spec("unsloth") is None, reason="needs unsloth (pip install -e '.[gpu]')"),
     pytest.mark.skipif(any(m in sys.modules for m in ("trl", "transformers", "peft")),
                        reason="trl/transformers/peft already imported in this pytest process; run this file alone"),
