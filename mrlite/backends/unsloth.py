@@ -78,7 +78,7 @@ def local_base(base: str, revision: str | None = None) -> Path:
 
 
 def merged_size_gib(base_dir: Path) -> float:
-    from mrlite.plan import weights_gib_16bit
+    from mrlite.shapes import weights_gib_16bit
 
     return weights_gib_16bit(str(base_dir)) or 0.0
 
