@@ -1,11 +1,12 @@
 """``mrlite eval RUN_DIR``: answers of every iteration's model, leaderboard exports, pairwise win rates judged in
-both orders, judge quality against human rankings, and the meta-judge's biases.
+both orders (raw and AlpacaEval-style LC, with AlpacaEval annotation files), judge quality against human rankings
+and against an external judge, and the meta-judge's biases.
 
 The paper evaluates with AlpacaEval 2 (LC win rate) and Arena-Hard, GPT-4 judging, plus judge agreement with
-humans on Open Assistant and the meta-judge's positional and score bias (algorithm.md Part B §7; arXiv
-2407.19594 Tables 1-5, 7). This module does the offline, cheap version of each and exports the answers for the
-paid ones. Everything lands in ``RUN_DIR/eval/`` (atomic writes); answers and judgments are cached under
-``eval/cache/`` by content, so a repeated eval makes no model or judge call. Exercised by:
+GPT-4 and with humans on Open Assistant and the meta-judge's positional and score bias (algorithm.md Part B §7;
+arXiv 2407.19594 Tables 1-5, 7). This module does the offline, cheap version of each and exports the answers and
+verdicts for the official tools. Everything lands in ``RUN_DIR/eval/`` (atomic writes); answers and judgments are
+cached under ``eval/cache/`` by content, so a repeated eval makes no model or judge call. Exercised by:
 ``mrlite eval runs/smoke``.
 """
 
@@ -38,7 +39,8 @@ LC_DEFINITION = {
                 "with ddof 1",
     "fit": "logistic, per-prompt preference (share of the two orders M_t won, tie = 1/2) as the target, L2 with C = "
            "100 on both terms",
-    "read_out": "at dlen = 0; equals AlpacaEval's length_controlled_minimal GLM on eval/alpaca_eval/annotations_*.json",
+    "read_out": "at dlen = 0: AlpacaEval's length_controlled_minimal GLM on eval/alpaca_eval/annotations_*.json, with "
+                "a fixed weak penalty where AlpacaEval cross-validates an L1 one",
 }
 
 
