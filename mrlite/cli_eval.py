@@ -21,16 +21,17 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
 
 
-def _need_eval_extra(command: str, modules: tuple[str, ...]) -> None:
-    """Stop before any work when the ``eval`` extra is missing: one line naming the install command."""
+def _need_eval_extra(command: str, modules: dict[str, str]) -> None:
+    """Stop before any work when the ``eval`` extra is missing (``modules``: import name → package name): one line
+    naming the install command."""
     import importlib
 
-    for name in modules:
+    for name, package in modules.items():
         try:
             importlib.import_module(name)
         except ImportError:
             raise click.ClickException(
-                f"mrlite {command} needs the eval extra ({name} is not installed): pip install -e \".[eval]\" "
+                f"mrlite {command} needs the eval extra ({package} is not installed): pip install -e \".[eval]\" "
                 "(or pip install \"mrlite[eval]\")") from None
 
 
@@ -223,7 +224,7 @@ def eval_cmd(run_dir, iters, judge, api_key_env, prompts, column, split, limit, 
       mrlite eval runs/tiny --iters 1,2 --human tests/assets/oasst_messages.jsonl --human-split train
       mrlite eval runs/qwen --judge openai:https://api.openai.com/v1#gpt-4o-mini --limit 200
     """
-    _need_eval_extra("eval", ("sklearn",))
+    _need_eval_extra("eval", {"sklearn": "scikit-learn"})
     from mrlite.evaluate import run_eval
 
     _logging(verbose, quiet)
@@ -279,7 +280,7 @@ def report_cmd(run_dir, log_to, project, quiet):
       mrlite report runs/smoke
       mrlite report runs/tiny --log wandb --project my-mr
     """
-    _need_eval_extra("report", ("matplotlib",))
+    _need_eval_extra("report", {"matplotlib": "matplotlib"})
     from mrlite.report import write_report
 
     _logging(0, quiet)

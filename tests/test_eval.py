@@ -198,10 +198,11 @@ def test_fake_backend_answers_the_eval_template_honestly(tmp_path):
     assert plain.startswith("Answer (") and parse_pairwise(plain) is None
 
 
-@pytest.mark.parametrize("command,module", [("eval", "sklearn"), ("report", "matplotlib")])
-def test_missing_eval_extra_is_one_line_before_any_work(run, monkeypatch, command, module):
+@pytest.mark.parametrize("command,module,package", [("eval", "sklearn", "scikit-learn"),
+                                                    ("report", "matplotlib", "matplotlib")])
+def test_missing_eval_extra_is_one_line_before_any_work(run, monkeypatch, command, module, package):
     monkeypatch.setitem(sys.modules, module, None)  # the import fails, as without the extra
     r = CliRunner().invoke(cli, [command, str(run)])
     _one_line_error(r, 'pip install -e ".[eval]"')
-    assert f"mrlite {command} needs the eval extra ({module} is not installed)" in r.output
+    assert f"mrlite {command} needs the eval extra ({package} is not installed)" in r.output
     assert not (run / "eval").exists() and not (run / "report.md").exists()
