@@ -24,10 +24,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mrlite.diagnostics import mean_score
 from mrlite.pairs import (
     battle_schedule,
     highest_variance,
-    response_score,
     select_actor_pair,
     select_judge_pair,
     select_judge_pairs,
@@ -180,7 +180,7 @@ def main() -> None:
         per_response = [scores[i : i + N_JUDGMENTS] for i in range(0, len(scores), N_JUDGMENTS)]
         for p in range(n):
             resp = per_response[p * K_RESPONSES : (p + 1) * K_RESPONSES]
-            pair = select_actor_pair([response_score(s) for s in resp], list(resp_lengths[p]), RHO)
+            pair = select_actor_pair([mean_score(s) for s in resp], list(resp_lengths[p]), RHO)
             actor_pairs += pair is not None
         timing["actor_pairs"] += time.perf_counter() - t
 

@@ -3,7 +3,7 @@
 Implements design/algorithm.md Part A steps 3-5, i.e. Meta-Rewarding (Wu et al., arXiv 2407.19594):
 
 * steps 3-4, actor pairs (§2.1, incl. its length-control paragraph): a response's score is the mean of its
-  valid judge scores; chosen = the *shortest* response of the top score tier, rejected = the *longest* of the
+  valid judge scores (``diagnostics.mean_score``); chosen = the *shortest* response of the top score tier, rejected = the *longest* of the
   bottom tier, tiers set by ρ;
 * step 5, judge pairs (§2.2): the response with the highest judge-score variance; its judgments battle in both
   orders; wins are re-weighted against the meta-judge's positional bias (ω1, ω2); a Bradley-Terry ("Elo") fit
@@ -51,7 +51,6 @@ __all__ = [
     "position_weights",
     "position_weights_from_counts",
     "position_win_counts",
-    "response_score",
     "select_actor_pair",
     "select_judge_pair",
     "select_judge_pairs",
@@ -72,22 +71,6 @@ _BT_STEP_TOL = 1e-10
 def _valid(values: Sequence[float | None]) -> list[float]:
     """The entries that are neither None nor NaN, as floats."""
     return [float(v) for v in values if v is not None and not math.isnan(v)]
-
-
-def response_score(judge_scores: Sequence[float | None]) -> float | None:
-    """Score of one response: the mean of its valid judge scores (Part A step 3).
-
-    Args:
-        judge_scores: The parsed scores of the response's N judgments; ``None`` (unparseable) and NaN entries
-            are skipped, as the paper discards judgments that fail to parse (arXiv 2407.19594 §2.1).
-
-    Returns:
-        The mean, or ``None`` if no judgment was valid (the response then takes no part in pairing).
-    """
-    valid = _valid(judge_scores)
-    if not valid:
-        return None
-    return math.fsum(valid) / len(valid)
 
 
 def select_actor_pair(

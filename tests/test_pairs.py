@@ -19,33 +19,11 @@ from mrlite.pairs import (
     position_weights,
     position_weights_from_counts,
     position_win_counts,
-    response_score,
     select_actor_pair,
     select_judge_pair,
     select_judge_pairs,
     winner_matrix,
 )
-
-# ---------------------------------------------------------------------------------------------------------
-# Step 3: response score
-# ---------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("judge_scores", "expected"),
-    [
-        ([4, 5], 4.5),
-        ([4.0, None, 5.0, None], 4.5),
-        ([3], 3.0),
-        ([None, None], None),
-        ([], None),
-        ([float("nan"), 2.0], 2.0),
-        ([0.1] * 10, 0.1),  # fsum: exactly 0.1, not 0.09999999999999999
-    ],
-)
-def test_response_score(judge_scores: list[float | None], expected: float | None) -> None:
-    assert response_score(judge_scores) == expected
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Step 4: actor pairs with length control

@@ -75,10 +75,6 @@ class Generator(Protocol):
         """Return ``request.n`` completions for each request, in request order."""
         ...
 
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        """Token counts of plain texts (for ``pairs.length_unit: tokens``)."""
-        ...
-
     def prompt_lengths(self, requests: list[GenRequest]) -> list[int]:
         """Tokens of each request's templated prompt. Stages drop (and count) requests whose prompt leaves no
         room for an answer within ``max_model_len``; the generator caps ``max_new_tokens`` to the room left."""
