@@ -16,6 +16,7 @@ import numpy as np
 
 from mrlite.backends.base import GenRequest
 from mrlite.diagnostics import positional_bias, score_bias
+from mrlite.fmt import pct
 from mrlite.pairs import battle_schedule, highest_variance
 from mrlite.parsing import parse_winner
 from mrlite.prompts import render_meta_judge, strip_score_line
@@ -125,13 +126,9 @@ def run(ctx: StageContext) -> dict:
             "score_bias": score_bias([(x["a_score"], x["b_score"], x["winner"]) for x in rows])}
 
 
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.0f}%"
-
-
 def summary_line(t: int, s: dict) -> str:
     n = max(1, s["battles"])
     return (f"meta_judge iter {t}: {s['prompts']} prompts, {s['battles']} battles, {s['undecided']} undecided "
             f"({100 * s['undecided'] / n:.1f}%), {s['parsed_forced']} forced, slot-A wins "
-            f"{_pct(s['positional_bias'])}, higher-score wins {_pct(s['score_bias'])}, "
+            f"{pct(s['positional_bias'])}, higher-score wins {pct(s['score_bias'])}, "
             f"{s['no_selection']} prompts without a judge-pair candidate")
