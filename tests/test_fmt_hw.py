@@ -1,0 +1,47 @@
+"""The small shared facts: the percent format (``mrlite.fmt``) and native bf16 detection (``mrlite.hw``)."""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import pytest
+
+from mrlite.fmt import pct
+from mrlite.hw import cpu_has_bf16, native_bf16
+
+
+@pytest.mark.parametrize(("args", "kw", "shown"), [
+    ((0.4567,), {}, "46%"),
+    ((0.4567, 1), {}, "45.7%"),
+    ((None,), {}, "n/a"),
+    ((None, 1), {"none": "–"}, "–"),
+    ((0.5, 1), {"unit": ""}, "50.0"),
+    ((1.0,), {}, "100%"),
+])
+def test_pct(args, kw, shown) -> None:
+    assert pct(*args, **kw) == shown
+
+
+@pytest.mark.parametrize(("flags", "native"), [
+    ("fpu sse avx2 avx512f", False),        # AVX2/AVX-512 without bf16: emulated, so not native
+    ("fpu avx512f avx512_bf16", True),
+    ("fpu amx_tile amx_bf16", True),
+])
+def test_cpu_bf16_from_cpuinfo(tmp_path: Path, flags: str, native: bool) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert cpu_has_bf16(info) is native
+
+
+def test_unreadable_cpuinfo_is_not_bf16(tmp_path: Path) -> None:
+    assert cpu_has_bf16(tmp_path / "missing") is False
+
+
+def test_native_bf16_on_cpu_reads_the_cpu(monkeypatch) -> None:
+    import mrlite.hw
+
+    monkeypatch.setattr(mrlite.hw, "cpu_has_bf16", lambda: True)
+    assert native_bf16(types.SimpleNamespace(type="cpu")) is True
+    monkeypatch.setattr(mrlite.hw, "cpu_has_bf16", lambda: False)
+    assert native_bf16(types.SimpleNamespace(type="cpu")) is False
