@@ -163,7 +163,7 @@ def _register(module: str, attr: str) -> None:
 
 _register("mrlite.plan", "plan_cmd")
 _register("mrlite.doctor", "doctor_cmd")
-_register("mrlite.cli_eval", "data_group")
+_register("mrlite.cli_data", "data_group")
 _register("mrlite.cli_eval", "eval_cmd")
 _register("mrlite.cli_eval", "report_cmd")
 # (end of command registrations)
