@@ -211,15 +211,16 @@ def main() -> None:
             judgment_lengths.append([len(judge_texts[base + j]) for j in range(N_JUDGMENTS)])
         del judge_texts, meta_texts
 
-    # Steps 5c-5g, batched over all prompts.
+    # Steps 5c-5g, batched over all prompts; then the pairs stage's cap on the chosen judgment's length.
+    def capped(pairs: list) -> list:
+        return [None if p is None or n[p[0]] > MAX_CHOSEN_JUDGMENT else p
+                for p, n in zip(pairs, judgment_lengths, strict=True)]
+
     t = time.perf_counter()
-    judge_pairs = select_judge_pairs(rs, lengths=judgment_lengths, max_chosen_len=MAX_CHOSEN_JUDGMENT)
+    judge_pairs = capped(select_judge_pairs(rs))
     timing["judge_pairs"] = time.perf_counter() - t
     t = time.perf_counter()
-    single = [
-        select_judge_pair(r, lengths=n, max_chosen_len=MAX_CHOSEN_JUDGMENT)
-        for r, n in zip(rs, judgment_lengths, strict=True)
-    ]
+    single = capped([select_judge_pair(r) for r in rs])
     per_prompt_time = time.perf_counter() - t
     assert single == judge_pairs
 

@@ -77,7 +77,6 @@ def select_actor_pair(
     scores: Sequence[float | None],
     lengths: Sequence[int],
     rho: float,
-    max_chosen_len: int | None = None,
 ) -> tuple[int, int] | None:
     """Pick the actor preference pair of one prompt with the length-control rule (Part A step 4).
 
@@ -91,13 +90,12 @@ def select_actor_pair(
         scores: One score per response (mean of valid judge scores); ``None``/NaN = not scored, takes no part.
         lengths: One length per response (characters or tokens, as the recipe says).
         rho: The quality-tier parameter ρ ∈ [0, 0.5].
-        max_chosen_len: Drop the pair if the chosen response is longer than this (paper: 2,500 characters in
-            iteration 1). ``None`` = no cap.
 
     Returns:
         ``(chosen, rejected)`` indices into ``scores``, or ``None`` when fewer than two responses are scored,
-        all scores are equal, the chosen score is not strictly greater than the rejected one, or the chosen
-        response exceeds ``max_chosen_len``.
+        all scores are equal, or the chosen score is not strictly greater than the rejected one. The paper's cap
+        on the chosen response's length (2,500 characters in iteration 1) is the pairs stage's: it counts what
+        it drops.
 
     Raises:
         ValueError: If ρ is outside [0, 0.5] or ``scores`` and ``lengths`` differ in length.
@@ -121,8 +119,6 @@ def select_actor_pair(
     rejected, rejected_score = min(bottom, key=lambda t: (-lengths[t[0]], t[1], t[0]))
     # At ρ = 0.5 the tiers meet at the midpoint and can share a response: no pair then.
     if chosen_score - rejected_score <= SCORE_TOL:
-        return None
-    if max_chosen_len is not None and lengths[chosen] > max_chosen_len:
         return None
     return chosen, rejected
 
@@ -366,30 +362,17 @@ def bradley_terry(b: np.ndarray | Sequence[Sequence[float]], *, l2: float = BT_L
     return eps[0] if single else eps
 
 
-def _pick_pair(
-    eps: np.ndarray, lengths: Sequence[int] | None, max_chosen_len: int | None
-) -> tuple[int, int] | None:
+def _pick_pair(eps: np.ndarray) -> tuple[int, int] | None:
     hi, lo = float(eps.max()), float(eps.min())
     if hi - lo <= ELO_TOL:
         return None
     chosen = int(np.flatnonzero(eps >= hi - ELO_TOL)[0])
     rejected = int(np.flatnonzero(eps <= lo + ELO_TOL)[0])
-    if max_chosen_len is not None and lengths is not None and lengths[chosen] > max_chosen_len:
-        return None
     return chosen, rejected
-
-
-def _check_lengths(n: int, lengths: Sequence[int] | None, max_chosen_len: int | None) -> None:
-    if max_chosen_len is not None and lengths is None:
-        raise ValueError("max_chosen_len needs the judgments' lengths")
-    if lengths is not None and len(lengths) != n:
-        raise ValueError(f"lengths has {len(lengths)} entries for {n} judgments")
 
 
 def select_judge_pair(
     r: np.ndarray | Sequence[Sequence[int]],
-    lengths: Sequence[int] | None = None,
-    max_chosen_len: int | None = None,
     weights: tuple[float, float] | None = None,
 ) -> tuple[int, int] | None:
     """Pick the judge preference pair among one response's judgments (Part A steps 5c-5g).
@@ -401,32 +384,27 @@ def select_judge_pair(
 
     Args:
         r: ``n×n`` result matrix (``winner_matrix``); battles not run are 0.
-        lengths: Length of each judgment; needed only with ``max_chosen_len``.
-        max_chosen_len: Drop the pair if the chosen judgment is longer (paper: 1,100 characters in iteration 1,
-            1,000 in iteration 2) — the meta-judge favours verbose judgments.
         weights: ``(ω1, ω2)`` to use instead of this response's own (the recipe's ``position_weights: pooled``,
             from ``position_weights_from_counts`` over the iteration).
 
     Returns:
-        ``(chosen, rejected)`` judgment indices, or ``None`` if no battle had a winner, the fit is degenerate
-        (ε spread ≤ ``ELO_TOL``), or the chosen judgment is too long.
+        ``(chosen, rejected)`` judgment indices, or ``None`` if no battle had a winner or the fit is degenerate
+        (ε spread ≤ ``ELO_TOL``). The paper's cap on the chosen judgment's length (1,100 characters in iteration
+        1, 1,000 in iteration 2: the meta-judge favours verbose judgments) is the pairs stage's.
 
     Raises:
-        ValueError: For a malformed ``r``, ``lengths`` of the wrong size, or a cap without lengths.
+        ValueError: For a malformed ``r``.
     """
     arr = _check_r(r)
-    _check_lengths(arr.shape[0], lengths, max_chosen_len)
     w = position_weights_from_counts(*_win_counts(arr)) if weights is None else weights
     if w is None:
         return None
     eps = bradley_terry(_battle_matrix(arr, float(w[0]), float(w[1])))
-    return _pick_pair(eps, lengths, max_chosen_len)
+    return _pick_pair(eps)
 
 
 def select_judge_pairs(
     rs: Sequence[np.ndarray | Sequence[Sequence[int]]],
-    lengths: Sequence[Sequence[int] | None] | None = None,
-    max_chosen_len: int | None = None,
     weights: tuple[float, float] | None = None,
 ) -> list[tuple[int, int] | None]:
     """``select_judge_pair`` for many prompts at once, with the Bradley-Terry fits batched by size.
@@ -436,24 +414,18 @@ def select_judge_pairs(
 
     Args:
         rs: One result matrix per prompt (sizes may differ).
-        lengths: Per prompt, the judgments' lengths (or ``None``); required with ``max_chosen_len``.
-        max_chosen_len: Length cap on the chosen judgment, as in ``select_judge_pair``.
         weights: Pooled ``(ω1, ω2)`` for every prompt; ``None`` = each prompt's own.
 
     Returns:
         One ``(chosen, rejected)`` or ``None`` per prompt, in input order.
 
     Raises:
-        ValueError: As ``select_judge_pair``, or if ``lengths`` does not have one entry per prompt.
+        ValueError: As ``select_judge_pair``.
     """
-    if lengths is not None and len(lengths) != len(rs):
-        raise ValueError(f"lengths has {len(lengths)} entries for {len(rs)} prompts")
     out: list[tuple[int, int] | None] = [None] * len(rs)
     groups: dict[int, list[tuple[int, np.ndarray]]] = {}
     for p, r in enumerate(rs):
         arr = _check_r(r)
-        lens = None if lengths is None else lengths[p]
-        _check_lengths(arr.shape[0], lens, max_chosen_len)
         w = position_weights_from_counts(*_win_counts(arr)) if weights is None else weights
         if w is None:
             continue
@@ -461,7 +433,7 @@ def select_judge_pairs(
     for members in groups.values():
         eps = bradley_terry(np.stack([bm for _, bm in members]))
         for (p, _), e in zip(members, eps, strict=True):
-            out[p] = _pick_pair(e, None if lengths is None else lengths[p], max_chosen_len)
+            out[p] = _pick_pair(e)
     return out
 
 
