@@ -25,8 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mrlite.diagnostics import mean_score
+from mrlite.battles import battle_schedule
 from mrlite.pairs import (
-    battle_schedule,
     highest_variance,
     select_actor_pair,
     select_judge_pair,

@@ -1,4 +1,5 @@
-"""Table tests for mrlite.pairs: actor pairs, highest variance, positional weights, Elo, judge pairs, schedule.
+"""Table tests for mrlite.pairs (actor pairs, highest variance, positional weights, Elo, judge pairs) and
+mrlite.battles (the battle schedule).
 
 Expectations are worked out by hand from design/algorithm.md Part A steps 3-5 (comments show the arithmetic).
 Run: ``python -m pytest tests/test_pairs.py -q``.
@@ -11,9 +12,9 @@ import math
 import numpy as np
 import pytest
 
+from mrlite.battles import battle_schedule
 from mrlite.pairs import (
     battle_matrix,
-    battle_schedule,
     bradley_terry,
     highest_variance,
     position_weights,

@@ -17,7 +17,8 @@ import numpy as np
 from mrlite.backends.base import GenRequest
 from mrlite.diagnostics import positional_bias, score_bias
 from mrlite.fmt import pct
-from mrlite.pairs import battle_schedule, highest_variance
+from mrlite.battles import battle_schedule
+from mrlite.pairs import highest_variance
 from mrlite.parsing import parse_winner
 from mrlite.prompts import render_meta_judge, strip_score_line
 from mrlite.rundir import atomic_write_jsonl, derive_seed, read_jsonl
