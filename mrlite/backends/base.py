@@ -83,6 +83,18 @@ class Generator(Protocol):
     def close(self) -> None: ...
 
 
+MIN_ANSWER_TOKENS = 16
+"""Tokens a templated prompt must leave free within ``model.max_model_len`` for it to be worth generating."""
+
+
+def fits(generator: Generator, requests: list[GenRequest], max_model_len: int,
+         room: int = MIN_ANSWER_TOKENS) -> list[bool]:
+    """Which requests leave at least ``room`` tokens for the answer (the others are dropped and counted)."""
+    if not requests:
+        return []
+    return [n <= max_model_len - room for n in generator.prompt_lengths(requests)]
+
+
 class Trainer(Protocol):
     """Trains a fresh adapter on ``base`` and merges it into a full model directory.
 

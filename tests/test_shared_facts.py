@@ -1,4 +1,5 @@
-"""The small shared facts: the percent format (``mrlite.fmt``) and native bf16 detection (``mrlite.hw``)."""
+"""Small shared facts: the percent format (``mrlite.fmt``), native bf16 detection (``mrlite.hw``) and the
+"prompt leaves room for an answer" rule (``backends.base.fits``)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,16 @@ def test_native_bf16_on_cpu_reads_the_cpu(monkeypatch) -> None:
     assert native_bf16(types.SimpleNamespace(type="cpu")) is True
     monkeypatch.setattr(mrlite.hw, "cpu_has_bf16", lambda: False)
     assert native_bf16(types.SimpleNamespace(type="cpu")) is False
+
+
+def test_fits_leaves_room_for_an_answer() -> None:
+    from mrlite.backends.base import GenRequest, fits
+
+    class Counter:  # prompt length = the number in the message
+        def prompt_lengths(self, requests):
+            return [int(r.messages[0]["content"]) for r in requests]
+
+    reqs = [GenRequest(f"r{n}", [{"role": "user", "content": str(n)}], 1, 0) for n in (10, 48, 49)]
+    assert fits(Counter(), reqs, 64) == [True, True, False]  # 64 - 16 = 48 tokens of prompt at most
+    assert fits(Counter(), reqs, 64, room=54) == [True, False, False]
+    assert fits(Counter(), [], 64) == []
