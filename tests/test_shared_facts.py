@@ -1,5 +1,5 @@
-"""Small shared facts: the percent format (``mrlite.fmt``), native bf16 detection (``mrlite.hw``) and the
-"prompt leaves room for an answer" rule (``backends.base.fits``)."""
+"""Small shared facts: the percent format (``mrlite.fmt``), native bf16 detection (``mrlite.hw``), the "prompt
+leaves room for an answer" rule (``backends.base.fits``) and chat-template ids (``backends.tokens``)."""
 
 from __future__ import annotations
 
@@ -59,3 +59,24 @@ def test_fits_leaves_room_for_an_answer() -> None:
     assert fits(Counter(), reqs, 64) == [True, True, False]  # 64 - 16 = 48 tokens of prompt at most
     assert fits(Counter(), reqs, 64, room=54) == [True, False, False]
     assert fits(Counter(), [], 64) == []
+
+
+class _Tok:
+    def __init__(self, batch: bool) -> None:
+        self.batch, self.seen = batch, []
+
+    def apply_chat_template(self, messages, add_generation_prompt=False, tokenize=True, return_dict=False):
+        self.seen.append((add_generation_prompt, tokenize, return_dict))
+        ids = [1] + [len(m["content"]) for m in messages] + ([9] if add_generation_prompt else [])
+        return {"input_ids": ids} if self.batch else tuple(ids)
+
+
+@pytest.mark.parametrize("batch", [False, True])  # a plain sequence, or a BatchEncoding-like mapping
+def test_chat_ids(batch: bool) -> None:
+    from mrlite.backends.tokens import chat_ids
+
+    tok = _Tok(batch)
+    msgs = [{"role": "user", "content": "abc"}, {"role": "assistant", "content": "de"}]
+    assert chat_ids(tok, msgs, add_generation_prompt=False) == [1, 3, 2]
+    assert chat_ids(tok, msgs[:1], add_generation_prompt=True) == [1, 3, 9]
+    assert tok.seen == [(False, True, False), (True, True, False)]
