@@ -99,6 +99,11 @@ def launch(recipe: Recipe, iteration: int, kind: str, rows: Path, base: str, out
     from mrlite.backends.base import TrainResult
     from mrlite.rundir import atomic_write_text
 
+    if recipe.backends.trainer != "trl":
+        raise DistributedError(
+            f"train.num_processes {recipe.train.num_processes} needs backends.trainer: trl (the "
+            f"{recipe.backends.trainer} trainer runs on one GPU); set backends.trainer: trl or train.num_processes: 1"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     recipe_file = out / RECIPE

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -181,7 +182,7 @@ class TRLTrainer:
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
                 bnb_4bit_use_double_quant=True,
             )
-            kw["device_map"] = {"": 0} if self.cuda else "cpu"
+            kw["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))} if self.cuda else "cpu"  # DDP: own GPU
             kw["dtype"] = compute
         else:
             kw["dtype"] = self._train_dtype()
