@@ -66,7 +66,11 @@ def assign(missing: list[int], workers: int) -> list[list[int]]:
 
 
 def visible_gpu_ids(env: Mapping[str, str], count: int) -> list[str]:
-    """The device ids this process may hand out: ``CUDA_VISIBLE_DEVICES`` when set, else ``0..count-1``."""
+    """The device ids this process may hand out: ``CUDA_VISIBLE_DEVICES`` when set, else ``0..count-1``.
+
+    ``count`` is the number of visible GPUs (0: none, whatever the environment says)."""
+    if count <= 0:
+        return []
     spec = env.get("CUDA_VISIBLE_DEVICES")
     if spec is not None:
         return [x.strip() for x in spec.split(",") if x.strip() and x.strip() != "-1"]
@@ -151,7 +155,7 @@ def _devices(recipe: Recipe, workers: int) -> list[str | None]:
     if recipe.backends.generator != "fake":
         from mrlite.gpu import gpus
 
-        ids = visible_gpu_ids(os.environ, len(gpus(use_torch=False)))  # nvidia-smi only: no CUDA context here
+        ids = visible_gpu_ids(os.environ, len(gpus(use_torch=False) or []))  # nvidia-smi only: no CUDA context
     try:
         return worker_devices(recipe, workers, ids)
     except ValueError as e:

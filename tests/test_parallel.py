@@ -83,7 +83,8 @@ def test_assignment_round_robin_and_devices():
     hf = load_recipe("tiny", ["backends.hf.workers=3"])
     assert worker_devices(hf, 3, ["0", "1"]) == ["0", "1", "0"]
     assert worker_devices(fake, 2, []) == [None, None]
-    assert visible_gpu_ids({"CUDA_VISIBLE_DEVICES": "3,5"}, 8) == ["3", "5"]
+    assert visible_gpu_ids({"CUDA_VISIBLE_DEVICES": "3,5"}, 2) == ["3", "5"]
+    assert visible_gpu_ids({"CUDA_VISIBLE_DEVICES": "0"}, 0) == []
     assert visible_gpu_ids({}, 2) == ["0", "1"]
     env = worker_env({"PATH": "/bin"}, None, 2, 16)
     assert env["OMP_NUM_THREADS"] == "8" and "CUDA_VISIBLE_DEVICES" not in env

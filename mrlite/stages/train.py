@@ -3,7 +3,8 @@
 Algorithm.md Part A step 6: a fresh LoRA on M_{t-1} (reference = M_{t-1}, i.e. the adapter disabled), β from
 the recipe, plain concatenation of both pair sets; the adapter is merged into a full-precision copy of
 M_{t-1} (never into 4-bit). An iteration without pairs stops the run with a clear message rather than start
-the next iteration on an untrained model. Writes ``adapter/``, ``model/`` and ``train_metrics.jsonl``.
+the next iteration on an untrained model. Writes ``adapter/``, ``model/`` and ``train_metrics.jsonl``
+(``train.method: full``: every weight is trained, ``model/`` is the trained model and there is no ``adapter/``).
 Exercised by: ``mrlite run recipes/smoke.yaml --only train --iter 1``.
 """
 
@@ -83,4 +84,4 @@ def summary_line(t: int, s: dict) -> str:
     margin = f", reward margin {s['last_margin']:.3f}" if s.get("last_margin") is not None else ""
     return (f"train  iter {t}: DPO on {s['n_in']} pairs ({s['actor_pairs']} actor + {s['judge_pairs']} judge; "
             f"{s['dropped_too_long']} over max_length dropped), {s.get('steps', '?')} steps{loss}{margin}; "
-            f"merged → iter_{t:02d}/model")
+            f"{'full fine-tune' if s.get('method') == 'full' else 'merged'} → iter_{t:02d}/model")
