@@ -109,3 +109,22 @@ def test_two_processes_merge_once(one_vs_two, tiny_model):
     assert sorted(p.name for p in out.iterdir()) == ["adapter", "model"]
     assert pair_margin(out / "model") > pair_margin(tiny_model)
     assert len(PAIRS) == 4
+
+
+def test_full_fine_tuning_on_two_processes_writes_one_model(tiny_model, tmp_path, full1):
+    """DDP with full weights: every process takes part in saving, the main one writes model/ and lineage once;
+    the weights match the one-process run at the same global batch up to float rounding."""
+    from mrlite.distributed import train_call
+
+    rows = write_pairs(tmp_path / "pairs.jsonl")
+    result = train_call(tiny_recipe(train={**FULL, "batch_size": 2, "num_processes": 2}), 1, "dpo", rows,
+                        tiny_model, tmp_path / "out")
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["model"]
+    lineage = json.loads((out / "model" / "lineage.json").read_text())
+    assert [a["method"] for a in lineage["adapters"]] == ["full"]
+    one_out, one = full1
+    for a, b in zip(one.metrics, result.metrics, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=LOSS_TOLERANCE)
+    w1, w2 = weights(one_out / "model"), weights(out / "model")
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
