@@ -343,6 +343,9 @@ class Recipe(_Section):
             raise ValueError("judge.score_range must be (low, high) with low < high")
         if (self.backends.generator == "fake") != (self.backends.trainer == "fake"):
             raise ValueError("backends.generator and backends.trainer must both be 'fake' or both be real")
+        if (self.train.method == "full" or self.train.num_processes > 1) and self.backends.trainer == "unsloth":
+            raise ValueError("train.method full and train.num_processes > 1 need backends.trainer: trl (the unsloth "
+                             "trainer trains a LoRA on one GPU)")
         if (self.model.base == "fake") != (self.backends.generator == "fake"):
             raise ValueError("model.base: fake goes with backends.generator: fake (and only with it)")
         return self

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mrlite.distributed import DistributedError, launch, launch_args, launch_command, train_call
-from mrlite.recipe import load_recipe
+from mrlite.recipe import RecipeError, load_recipe
 
 
 def recipe(*sets: str):
@@ -46,8 +46,13 @@ def test_every_flag_exists_in_the_installed_accelerate():
         assert set(flags) <= known, set(flags) - known
 
 
-def test_only_the_trl_trainer_runs_multi_process(tmp_path):
-    r = load_recipe("paper", ["train.num_processes=2"])  # unsloth trainer
+def test_only_the_trl_trainer_runs_multi_process_or_full(tmp_path):
+    for extra in ("train.num_processes=2", "train.method=full"):
+        with pytest.raises(RecipeError, match=r"need backends\.trainer: trl"):
+            load_recipe("paper", [extra])  # the unsloth trainer
+    r = load_recipe("paper", ["backends.trainer=trl"]).model_copy(deep=True)
+    r.train.num_processes = 2
+    r.backends.trainer = "unsloth"  # validate_assignment checks one field at a time
     with pytest.raises(DistributedError, match=r"needs backends\.trainer: trl"):
         launch(r, 1, "dpo", tmp_path / "rows.jsonl", "base", tmp_path / "out")
     assert not (tmp_path / "out").exists()
