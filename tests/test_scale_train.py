@@ -128,3 +128,23 @@ def test_full_fine_tuning_on_two_processes_writes_one_model(tiny_model, tmp_path
         assert b["loss"] == pytest.approx(a["loss"], rel=LOSS_TOLERANCE)
     w1, w2 = weights(one_out / "model"), weights(out / "model")
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
+
+
+def _cuda_devices() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@pytest.mark.skipif(_cuda_devices() < 2, reason="sharded full fine-tuning needs two CUDA GPUs")
+@pytest.mark.parametrize("mode", ["deepspeed", "fsdp"])
+def test_sharded_full_fine_tuning_on_two_gpus(tiny_model, tmp_path, mode):  # pragma: no cover - GPU only
+    if mode == "deepspeed":
+        pytest.importorskip("deepspeed")
+    from mrlite.distributed import train_call
+
+    rows = write_pairs(tmp_path / "pairs.jsonl")
+    result = train_call(tiny_recipe(train={**FULL, "batch_size": 2, "num_processes": 2, "distributed": mode}), 1,
+                        "dpo", rows, tiny_model, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model"]
+    assert all(math.isfinite(m["loss"]) for m in result.metrics)
+    base, trained = weights(tiny_model), weights(tmp_path / "out" / "model")
+    assert base.keys() == trained.keys() and any(not torch.equal(base[k], trained[k]) for k in base)
