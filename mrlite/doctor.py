@@ -150,6 +150,9 @@ def doctor_cmd():
       mrlite doctor
     """
     lines, _ = report(gather())
+    from mrlite.topology import doctor_lines  # GPU count, NVLink or PCIe (more than one GPU)
+
+    lines += doctor_lines()
     click.echo(f"mrlite doctor ({platform.platform(terse=True)})")
     for line in lines:
         click.echo(line)

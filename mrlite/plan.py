@@ -325,7 +325,9 @@ def load_rates(path: str) -> dict:
               help="JSON of your measured figures for this model (keys: decode_tok_s, prefill_tok_s, train_tok_s, "
                    "engine_start_s, train_load_s, merge_gib_s); replaces the defaults.")
 @click.option("--strict", is_flag=True, help="Exit 1 when a stage does not fit the card.")
-def plan_cmd(recipe, sets, gpu_mem, gpu_name, throughput, strict):
+@click.option("--gpus", "n_gpus", type=click.IntRange(min=1), help="GPUs to plan for (default: this machine's "
+              "count): spreads generation over the vLLM/HF workers and training over train.num_processes.")
+def plan_cmd(recipe, sets, gpu_mem, gpu_name, throughput, strict, n_gpus):
     """Estimate memory, tokens, time and disk per stage of RECIPE, and warn about stages that cannot fit.
 
     Times come from a throughput table of estimates per GPU class (8B model, scaled by size); pass
@@ -336,6 +338,7 @@ def plan_cmd(recipe, sets, gpu_mem, gpu_name, throughput, strict):
       mrlite plan recipes/paper.yaml --gpu-mem 24
       mrlite plan recipes/paper_80gb.yaml --gpu h100
       mrlite plan recipes/colab_t4.yaml --gpu t4 --strict
+      mrlite plan recipes/paper_8gpu.yaml --gpus 8 --gpu h100
     """
     from mrlite.backends.vllm import default_quantization
     from mrlite.recipe import RecipeError, load_recipe
@@ -370,14 +373,19 @@ def plan_cmd(recipe, sets, gpu_mem, gpu_name, throughput, strict):
     jt, mt = template_tokens()
     rows = estimate(r, shape, card, rates, prompt_tokens=ptok, judge_rubric_tokens=jt, meta_rubric_tokens=mt,
                     quantization=quant if r.backends.generator == "vllm" else None)
+    from mrlite import topology  # more than one GPU: DP/TP/processes, NVLink or PCIe
+
+    rows, topo_line, topo_warnings = topology.plan_for(r, rows, shape, card.total_gib, rates, n_gpus)
     src = "your measured figures" if throughput else f"default estimates for {key}, scaled to this model"
     click.echo(f"plan: {r.name} — {r.model.base} ({shape.params / 1e9:.2f}B params) on {card.name} "
                f"({card.total_gib:.0f} GiB{'' if gpu_mem or detected else ', assumed'}); vLLM weights: "
                f"{quant or ('bf16' if card.bf16 else 'fp16')}; throughput: {src}")
+    if topo_line:
+        click.echo(topo_line)
     click.echo(f"{'iter':>4}  {'stage':<10} {'requests':>9} {'seqs':>9} {'prompt tok':>10} {'prefill':>9} "
                f"{'new tok':>9} {'peak GiB':>8}  {'time':>8}  note")
     total = 0.0
-    warnings = [note] if note else []
+    warnings = ([note] if note else []) + topo_warnings
     for e in rows:
         if e.stage == "pairs":
             continue

@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from mrlite.errors import MrliteError
 
@@ -27,6 +36,19 @@ class RecipeError(MrliteError, ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _scale_out_dump(section: BaseModel, data: dict, info: SerializationInfo, fields: dict[str, Any],
+                    runtime: tuple[str, ...] = ()) -> dict:
+    """Leave the scale-out fields (``More than one GPU``) out of a dump while they hold their default, so recipes,
+    markers and config hashes of one-GPU runs stay byte-identical to before these fields existed. ``runtime``
+    fields (how many workers generate) never change a row, so they are also left out of stage config hashes:
+    only ``Recipe.to_yaml`` (the run's recipe.yaml, read by worker processes) keeps them."""
+    keep_runtime = bool((info.context or {}).get("runtime_fields"))
+    for name, default in fields.items():
+        if name in data and (data[name] == default or (name in runtime and not keep_runtime)):
+            del data[name]
+    return data
 
 
 def per_iter(values: list, iteration: int):
@@ -203,6 +225,23 @@ class TrainCfg(_Section):
     lora: LoraCfg = Field(default_factory=LoraCfg)
     load_in_4bit: bool = Field(False, description="Train on an NF4 (bitsandbytes) view of M_{t-1}; merge in 16-bit.")
     trl_args: dict[str, Any] = Field(default_factory=dict, description="Passed to trl.DPOConfig/SFTConfig as-is.")
+    method: Literal["lora", "full"] = Field(
+        "lora", description="'lora': a fresh LoRA on M_{t-1}, merged into M_t. 'full': every weight is trained (the "
+        "paper's setting; DPO reference = a frozen copy of M_{t-1}) and the trained model is M_t (no adapter)."
+    )
+    num_processes: int = Field(
+        1, ge=1, description="Training processes (one per GPU) started with `accelerate launch`; > 1 runs the "
+        "train and EFT stages data-parallel. batch_size is per process: global batch = batch_size x grad_accum x "
+        "num_processes."
+    )
+    distributed: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp", description="With num_processes > 1: 'ddp' (each process holds the model; LoRA), 'fsdp' or "
+        "'deepspeed' (ZeRO-3: weights, gradients and optimizer states sharded; full fine-tuning on GPUs)."
+    )
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler, info: SerializationInfo):
+        return _scale_out_dump(self, handler(self), info, {"method": "lora", "num_processes": 1, "distributed": "ddp"})
 
 
 class EftCfg(_Section):
@@ -225,6 +264,14 @@ class FakeCfg(_Section):
 class HFCfg(_Section):
     batch_size: int = Field(16, ge=1, description="Sequences per forward pass.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="'auto': bf16 on CPU and GPU.")
+    workers: int = Field(
+        1, ge=1, description="Generation worker processes, each taking whole chunks of a stage (one GPU each when "
+        "there are GPUs); the chunk files are the same as with one process."
+    )
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler, info: SerializationInfo):
+        return _scale_out_dump(self, handler(self), info, {"workers": 1}, runtime=("workers",))
 
 
 class VLLMCfg(_Section):
@@ -238,6 +285,14 @@ class VLLMCfg(_Section):
     enforce_eager: bool = Field(False)
     structured_outputs: bool = Field(True, description="Regex-constrain the Score/Winner line.")
     engine_args: dict[str, Any] = Field(default_factory=dict, description="Passed to vllm.LLM as-is.")
+    data_parallel_size: int = Field(
+        1, ge=1, description="vLLM engines, one per group of tensor_parallel_size GPUs, each in its own process "
+        "taking whole chunks of a stage (needs data_parallel_size x tensor_parallel_size GPUs)."
+    )
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler, info: SerializationInfo):
+        return _scale_out_dump(self, handler(self), info, {"data_parallel_size": 1}, runtime=("data_parallel_size",))
 
 
 class BackendsCfg(_Section):
@@ -288,6 +343,9 @@ class Recipe(_Section):
             raise ValueError("judge.score_range must be (low, high) with low < high")
         if (self.backends.generator == "fake") != (self.backends.trainer == "fake"):
             raise ValueError("backends.generator and backends.trainer must both be 'fake' or both be real")
+        if (self.train.method == "full" or self.train.num_processes > 1) and self.backends.trainer == "unsloth":
+            raise ValueError("train.method full and train.num_processes > 1 need backends.trainer: trl (the unsloth "
+                             "trainer trains a LoRA on one GPU)")
         if (self.model.base == "fake") != (self.backends.generator == "fake"):
             raise ValueError("model.base: fake goes with backends.generator: fake (and only with it)")
         return self
@@ -298,7 +356,8 @@ class Recipe(_Section):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+        data = self.model_dump(mode="json", context={"runtime_fields": True})
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import struct
 from pathlib import Path
 
@@ -171,10 +172,14 @@ class FakeTrainer:
         lineage = json.loads(parent.read_text()) if parent.is_file() else {"base": str(base), "adapters": []}
         lineage["adapters"].append({"iteration": self.iteration, "kind": kind,
                                     "adapter_sha256": sha256_file(adapter / "adapter_model.safetensors")})
+        if kind == "dpo" and self.recipe.train.method == "full":
+            lineage["adapters"][-1]["method"] = "full"
         model = out / "model"
         model.mkdir(parents=True, exist_ok=True)
         atomic_write_json(model / "lineage.json", lineage)
         atomic_write_text(model / "fake_model.txt", "fake model; identity = hash of lineage.json\n")
+        if kind == "dpo" and self.recipe.train.method == "full":  # full fine-tuning writes M_t only
+            shutil.rmtree(adapter)
         steps = max(1, math.ceil(n / (cfg.batch_size * cfg.grad_accum)))
         metrics = []
         for s in range(1, steps + 1):

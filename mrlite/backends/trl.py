@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from peft import LoraConfig, PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, set_seed
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
+from mrlite.backends import scale_train as scale
 from mrlite.backends import train_core as core
 from mrlite.backends.base import TrainResult
 from mrlite.hw import native_bf16
@@ -102,7 +104,8 @@ class TRLTrainer:
         set_seed(core.train_seed(self.recipe, self.iteration))
         model = self._load_model(base, quantized)
         lora = cfg.lora
-        peft_config = LoraConfig(
+        full = scale.method(self.recipe, kind) == "full"
+        peft_config = None if full else LoraConfig(
             r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
             target_modules=core.existing_targets(model, lora.target_modules, core.SECTION[kind]),
         )
@@ -114,6 +117,9 @@ class TRLTrainer:
         metrics = core.run_trainer(trainer, collect, self.recipe, kind, self.iteration, out)
         train_seconds = time.perf_counter() - t0
         core.check_finite(metrics, kind)
+        if full or not scale.is_main_process(trainer):  # full weights; or a non-main process of a multi-process run
+            return scale.finish(trainer, full, base, out, tok, self.iteration, kind, rows=len(kept), dropped=dropped,
+                                metrics=metrics, t0=t0, train_seconds=train_seconds, load_in_4bit=quantized)
 
         adapter_dir = out / "adapter"
         trainer.model.save_pretrained(adapter_dir)
@@ -176,7 +182,7 @@ class TRLTrainer:
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
                 bnb_4bit_use_double_quant=True,
             )
-            kw["device_map"] = {"": 0} if self.cuda else "cpu"
+            kw["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))} if self.cuda else "cpu"  # DDP: own GPU
             kw["dtype"] = compute
         else:
             kw["dtype"] = self._train_dtype()

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mrlite import parallel
 from mrlite.backends.base import Completion, GenRequest, Sampling
 from mrlite.rundir import atomic_write_text, config_hash
 from mrlite.stages import StageContext, StageError, expected_marker_keys, fault_point
@@ -55,8 +56,11 @@ def generate_in_chunks(ctx: StageContext, stage: str, units: Sequence, build: Bu
     stats: Counter = Counter()
     n_chunks = (len(units) + size - 1) // size
     reused = 0
+    only = parallel.fan_out(ctx, stage, parts, n_chunks)  # worker processes (More than one GPU); None: all here
     for ci in range(n_chunks):
         path = parts / f"chunk_{ci:05d}.json"
+        if only is not None and ci not in only:
+            continue
         if path.exists():
             data = json.loads(path.read_text(encoding="utf-8"))
             rows.extend(data["rows"])
@@ -83,6 +87,7 @@ def generate_in_chunks(ctx: StageContext, stage: str, units: Sequence, build: Bu
         stats.update(chunk_stats)
         log.debug("iter %d %s: chunk %d/%d written (%d rows)", ctx.t, stage, ci + 1, n_chunks, len(chunk_rows))
         fault_point(f"{stage}:chunk")
+    parallel.done()  # a worker process stops here, before the stage writes its files
     if reused:
         log.info("iter %d %s: resumed, %d of %d chunks were already written", ctx.t, stage, reused, n_chunks)
     if stats["requests"] and stats["too_long"] == stats["requests"]:

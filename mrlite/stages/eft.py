@@ -36,7 +36,7 @@ def config(ctx: StageContext) -> dict:
 
 
 def run(ctx: StageContext) -> dict:
-    from mrlite.backends import load_trainer
+    from mrlite.distributed import train_call
 
     rows, _ = load_eft_rows(ctx.recipe.eft.data)
     sft = [{"id": r.get("id", f"e{i:05d}"),
@@ -47,7 +47,7 @@ def run(ctx: StageContext) -> dict:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    result = load_trainer(ctx.recipe, 0).train_sft(ctx.path("eft_rows.jsonl"), resolve_base(ctx.recipe), tmp)
+    result = train_call(ctx.recipe, 0, "sft", ctx.path("eft_rows.jsonl"), resolve_base(ctx.recipe), tmp)
     replace_dir(tmp / "adapter", ctx.path("adapter"))
     replace_dir(tmp / "model", ctx.path("model"))
     shutil.rmtree(tmp)

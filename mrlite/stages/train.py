@@ -3,7 +3,8 @@
 Algorithm.md Part A step 6: a fresh LoRA on M_{t-1} (reference = M_{t-1}, i.e. the adapter disabled), β from
 the recipe, plain concatenation of both pair sets; the adapter is merged into a full-precision copy of
 M_{t-1} (never into 4-bit). An iteration without pairs stops the run with a clear message rather than start
-the next iteration on an untrained model. Writes ``adapter/``, ``model/`` and ``train_metrics.jsonl``.
+the next iteration on an untrained model. Writes ``adapter/``, ``model/`` and ``train_metrics.jsonl``
+(``train.method: full``: every weight is trained, ``model/`` is the trained model and there is no ``adapter/``).
 Exercised by: ``mrlite run recipes/smoke.yaml --only train --iter 1``.
 """
 
@@ -28,7 +29,8 @@ def inputs(ctx: StageContext) -> list[Path]:
 
 
 def outputs(ctx: StageContext) -> list[Path]:
-    return [ctx.path("adapter"), ctx.path("model"), ctx.path("train_metrics.jsonl")]
+    adapter = [] if ctx.recipe.train.method == "full" else [ctx.path("adapter")]  # full fine-tuning: no adapter
+    return [*adapter, ctx.path("model"), ctx.path("train_metrics.jsonl")]
 
 
 def config(ctx: StageContext) -> dict:
@@ -38,7 +40,7 @@ def config(ctx: StageContext) -> dict:
 
 
 def run(ctx: StageContext) -> dict:
-    from mrlite.backends import load_trainer
+    from mrlite.distributed import train_call
 
     rows = [{k: row[k] for k in TRAIN_KEYS} | {"pair_id": row["pair_id"]}
             for name in ("pairs_actor.jsonl", "pairs_judge.jsonl") for row in iter_jsonl(ctx.path(name))]
@@ -60,16 +62,19 @@ def run(ctx: StageContext) -> dict:
     data = tmp / "rows.jsonl"
     atomic_write_jsonl(data, rows)
     base = ctx.policy_model()
-    result = load_trainer(ctx.recipe, ctx.t).train_dpo(data, base, tmp)
+    result = train_call(ctx.recipe, ctx.t, "dpo", data, base, tmp)
     fault_point("train:before_move")
     atomic_write_jsonl(ctx.path("train_metrics.jsonl"), [untimed(m) for m in result.metrics])
-    replace_dir(tmp / "adapter", ctx.path("adapter"))
+    if (tmp / "adapter").exists():
+        replace_dir(tmp / "adapter", ctx.path("adapter"))
+    elif ctx.path("adapter").exists():  # full fine-tuning after a LoRA run of this iteration
+        shutil.rmtree(ctx.path("adapter"))
     fault_point("train:between_moves")
     replace_dir(tmp / "model", ctx.path("model"))
     shutil.rmtree(tmp)
     return {"n_in": len(rows), "n_out": result.n_rows - result.n_dropped, "actor_pairs": n_actor,
             "judge_pairs": len(rows) - n_actor, "dropped_too_long": result.n_dropped,
-            "adapter": fingerprint(ctx.path("adapter"))[:16], **untimed(result.summary)}
+            **({"adapter": fingerprint(ctx.path("adapter"))[:16]} if ctx.path("adapter").exists() else {}), **untimed(result.summary)}
 
 
 def summary_line(t: int, s: dict) -> str:
@@ -79,4 +84,4 @@ def summary_line(t: int, s: dict) -> str:
     margin = f", reward margin {s['last_margin']:.3f}" if s.get("last_margin") is not None else ""
     return (f"train  iter {t}: DPO on {s['n_in']} pairs ({s['actor_pairs']} actor + {s['judge_pairs']} judge; "
             f"{s['dropped_too_long']} over max_length dropped), {s.get('steps', '?')} steps{loss}{margin}; "
-            f"merged → iter_{t:02d}/model")
+            f"{'full fine-tune' if s.get('method') == 'full' else 'merged'} → iter_{t:02d}/model")
