@@ -27,7 +27,9 @@ from pydantic import (
 
 from mrlite.errors import MrliteError
 
-PerIter = list[float | None]
+PerIter = list[int | float | None]
+"""Per-iteration values. ``int`` first so whole numbers keep their type through recipe.yaml (a default of 2500
+and a reloaded 2500.0 would hash differently and make a finished stage look stale)."""
 
 
 class RecipeError(MrliteError, ValueError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,17 @@ def test_section_hash_tracks_only_its_sections() -> None:
 def test_short_loop_ignores_later_judge_iterations() -> None:
     r = load_recipe(REPO / "recipes" / "tiny.yaml", ["loop.iterations=1"])
     assert r.loop.iterations == 1 and r.meta_judge.iterations == [1, 2]
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.joinpath("recipes").rglob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_recipe_yaml_round_trip_keeps_every_value(path, tmp_path):
+    """recipe.yaml (what workers and `mrlite status` read) must reload to the same values, types included:
+    a default [2500, null] dumped as 2500.0 once made `status` call finished pairs stages stale."""
+    from mrlite.recipe import load_recipe
+
+    r = load_recipe(path)
+    p = tmp_path / "recipe.yaml"
+    p.write_text(r.to_yaml(), encoding="utf-8")
+    again = load_recipe(p)
+    assert json.dumps(again.model_dump(mode="json"), sort_keys=True) == json.dumps(r.model_dump(mode="json"), sort_keys=True)
