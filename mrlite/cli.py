@@ -12,7 +12,7 @@ import click
 from mrlite import __version__
 from mrlite.errors import setup_cli_logging, user_error_types, user_errors
 
-STAGE_NAMES = ("eft", "sample", "judge", "meta_judge", "pairs", "train")
+STAGE_NAMES = ("eft_data", "eft", "sample", "judge", "meta_judge", "pairs", "train")
 
 
 WORKER_USER_ERROR = 3
