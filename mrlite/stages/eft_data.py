@@ -16,7 +16,6 @@ Exercised by: ``mrlite run recipes/smoke.yaml --set eft.enabled=true --set eft.d
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from mrlite.prompts import render_judge
 from mrlite.recipe import Recipe
 from mrlite.rundir import atomic_write_json, atomic_write_jsonl, derive_seed, fingerprint
 from mrlite.sources import SourceError, eft_source
-from mrlite.stages import StageContext, StageError
+from mrlite.stages import StageContext, StageError, _drop_parts
 from mrlite.stages._gen import generate_in_chunks, sampling_of
 
 LANG = "en"
@@ -122,7 +121,7 @@ def run(ctx: StageContext) -> dict:
     rows, st = generate_in_chunks(ctx, "eft_data", train, build, collect, sampling_of(r.judge))
     st = Counter(st)
     if not rows:
-        shutil.rmtree(ctx.run.parts_dir(ctx.t, "eft_data"), ignore_errors=True)
+        _drop_parts(ctx, "eft_data")  # nothing to resume: a rerun needs another model or settings anyway
         raise StageError(
             f"eft_data: the seed model {r.model.base!r} ordered no prompt's replies as the humans did: 0 of "
             f"{len(train)} prompts agree ({st['disagree']} disagree, {st['prompts_too_long']} too long; "
