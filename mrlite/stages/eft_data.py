@@ -4,7 +4,8 @@ The Self-Rewarding way (arXiv 2401.10020 §3; algorithm.md Part A "Seed: EFT SFT
 prompts of Open Assistant with at least two human-ranked replies; the seed model judges every reply
 ``eft.judgments`` times with the judge prompt; a prompt's judgments are kept only when one round's scores order
 its replies exactly as the humans ranked them (``oasst.order_agrees``); rows scoring 4 are down-sampled
-(``eft.score4_share``). A share of the prompts (``eft.heldout``, chosen by a hash of the prompt id) is never
+(``eft.score4_share``). With ``judge.force_parse`` a judgment without a ``Score:`` line gets a forced one
+(the model still picks the score; counted), as in the judge stage. A share of the prompts (``eft.heldout``, chosen by a hash of the prompt id) is never
 judged here: it is written out for ``mrlite eval``'s judge–human agreement table.
 
 Chunked like the generation stages (``_gen.generate_in_chunks``: fixed boundaries, every request seeded from
@@ -64,7 +65,7 @@ def config(ctx: StageContext) -> dict:
         "source": e.data, "split": e.split, "revision": e.revision, "max_prompts": e.max_prompts, "lang": LANG,
         "judgments": e.judgments, "score4_share": e.score4_share, "heldout": e.heldout,
         "judge": {"temperature": j.temperature, "top_p": j.top_p, "max_new_tokens": j.max_new_tokens,
-                  "score_range": list(j.score_range)},
+                  "score_range": list(j.score_range), "force_parse": j.force_parse},
         "model": r.model.model_dump(mode="json"), "policy": ctx.policy_fingerprint(), "seed": r.loop.seed,
         "generator": r.backends.generator, "backend": r.backends.model_dump(mode="json")[r.backends.generator],
     }
@@ -103,10 +104,12 @@ def run(ctx: StageContext) -> dict:
     train, held, counts = load_source(r)
     n = e.judgments
     lo, hi = r.judge.score_range
+    force = "score" if r.judge.force_parse else None  # as the judge stage: the model still picks the score
 
     def build(p: RankedPrompt) -> list[GenRequest]:
         return [GenRequest(id=x["message_id"], messages=[{"role": "user", "content": render_judge(p.prompt, x["text"])}],
-                           n=n, seed=derive_seed(r.loop.seed, ctx.t, "eft_data", x["message_id"]), role="judge")
+                           n=n, seed=derive_seed(r.loop.seed, ctx.t, "eft_data", x["message_id"]), role="judge",
+                           force=force)
                 for x in p.responses]
 
     def collect(p: RankedPrompt, outs) -> tuple[list[dict], dict]:
@@ -116,6 +119,7 @@ def run(ctx: StageContext) -> dict:
         rows = agreeing_rows(p, judged, n)
         texts = [s for js in judged for _, s in js]
         return rows, {"judged_prompts": 1, "judgments": len(texts), "unparsable_judgments": sum(s is None for s in texts),
+                      "forced_judgments": sum(c.forced for _, comps in outs for c in comps),
                       "agree" if rows else "disagree": 1}
 
     rows, st = generate_in_chunks(ctx, "eft_data", train, build, collect, sampling_of(r.judge))
@@ -137,7 +141,8 @@ def run(ctx: StageContext) -> dict:
         "train_prompts": len(train), "heldout_prompts": len(held),
         "source_counts": {k: v for k, v in counts.items() if k not in ("heldout_prompts", "train_prompts")},
         "judging": {"replies": st["requests"], "judgments": st["judgments"],
-                    "unparsable_judgments": st["unparsable_judgments"], "replies_too_long": st["too_long"],
+                    "unparsable_judgments": st["unparsable_judgments"], "forced_judgments": st["forced_judgments"],
+                    "replies_too_long": st["too_long"],
                     "prompts_too_long": st["prompts_too_long"], "disagree": st["disagree"],
                     "agree": st["agree"]},
         "rows_agreeing": agreeing, "score4_dropped": dropped4,
