@@ -10,6 +10,7 @@ import csv
 import hashlib
 import importlib.resources
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,8 +143,6 @@ def _datasets_rows(path: str, split: str, hub: bool = False, **kw) -> list[dict]
 
 def hub_hint() -> str:
     """How to fix a Hub dataset that could not be loaded (offline mode, network, token), in one clause."""
-    import os
-
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return ("HF_HUB_OFFLINE is set and the dataset is not in the local cache: unset HF_HUB_OFFLINE (or download "
                 "it once online), or point at a local file or folder")
