@@ -58,7 +58,8 @@ def _iters(value: str | None) -> list[int] | None:
 @click.option("--column", default="prompt", show_default=True)
 @click.option("--split", default="train", show_default=True)
 @click.option("--limit", type=int, default=64, show_default=True, help="Eval prompts.")
-@click.option("--human", help="Human-ranked Open Assistant data for judge quality (file/folder/Hub id).")
+@click.option("--human", help="Human-ranked Open Assistant data for judge quality (file/folder/Hub id); default: "
+              "the run's held-out EFT prompts (iter_00/eft_heldout.jsonl) when it has some; '' for none.")
 @click.option("--human-split", default="validation", show_default=True)
 @click.option("--human-limit", type=int, default=50, show_default=True)
 @click.option("--human-n", type=int, default=1, show_default=True, help="Judgments per reply (averaged).")

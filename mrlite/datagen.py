@@ -13,6 +13,7 @@ Both talk to any ``Generator`` (fake, hf, vllm). Exercised by: ``mrlite data pro
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections import Counter
@@ -217,18 +218,86 @@ def build_eft(prompts: Sequence[RankedPrompt], generator: Generator, *, n: int =
         if any(r["message_id"] not in judged for r in p.responses):
             st["skipped_too_long"] += 1
             continue
-        ranks = [r["rank"] for r in p.responses]
-        for j in range(n):
-            scores = [judged[r["message_id"]][j][1] for r in p.responses]
-            if order_agrees(scores, ranks):
-                for r in p.responses:
-                    text, score = judged[r["message_id"]][j]
-                    rows.append({"id": f"eft:{r['message_id']}", "prompt": p.prompt, "response": r["text"],
-                                 "judgment": text, "score": score, "human_rank": r["rank"],
-                                 "prompt_id": p.prompt_id, "message_id": r["message_id"]})
-                st["kept_prompts"] += 1
-                break
-        else:
-            st["disagree"] += 1
+        kept = agreeing_rows(p, [judged[r["message_id"]] for r in p.responses], n)
+        rows.extend(kept)
+        st["kept_prompts" if kept else "disagree"] += 1
     st["rows"] = len(rows)
     return rows, dict(st)
+
+
+def agreeing_rows(p: RankedPrompt, judgments: Sequence[Sequence[tuple[str, float | None]]], n: int) -> list[dict]:
+    """EFT rows of one prompt: the replies' judgments of the first round (of ``n``) whose scores order the
+    replies as the humans ranked them, or ``[]`` when no round agrees (``oasst.order_agrees``).
+
+    Args:
+        p: The prompt and its ranked replies.
+        judgments: Per reply (aligned with ``p.responses``), its ``(text, score)`` judgments in round order.
+        n: Rounds to try.
+
+    Returns:
+        Rows ``{"id", "prompt", "response", "judgment", "score", "human_rank", "prompt_id", "message_id",
+        "round"}``.
+    """
+    ranks = [r["rank"] for r in p.responses]
+    for j in range(n):
+        if all(len(js) > j for js in judgments) and order_agrees([js[j][1] for js in judgments], ranks):
+            return [{"id": f"eft:{r['message_id']}", "prompt": p.prompt, "response": r["text"], "judgment": js[j][0],
+                     "score": js[j][1], "human_rank": r["rank"], "prompt_id": p.prompt_id,
+                     "message_id": r["message_id"], "round": j} for r, js in zip(p.responses, judgments, strict=True)]
+    return []
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the EFT set of a run: held-out split and score-4 down-sampling (pure)
+
+
+def _unit(*parts: object) -> float:
+    """Uniform [0, 1) from a hash of the parts (independent of order, chunking and process)."""
+    h = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
+def is_heldout(prompt_id: str, share: float) -> bool:
+    """Whether a prompt belongs to the held-out split: a hash of its id alone, so the split of a source is the
+    same in every run and every seed (judge-human agreement stays comparable across runs)."""
+    return share > 0 and _unit("eft_heldout", prompt_id) < share
+
+
+def heldout_split(prompts: Sequence[RankedPrompt], share: float) -> tuple[list[RankedPrompt], list[RankedPrompt]]:
+    """``(train, heldout)``: the prompts ``is_heldout`` picks are kept out of EFT (source order kept)."""
+    held = [is_heldout(p.prompt_id, share) for p in prompts]
+    return [p for p, h in zip(prompts, held, strict=True) if not h], [p for p, h in zip(prompts, held, strict=True) if h]
+
+
+def downsample_score(rows: Sequence[dict], share: float | None, *, seed: int, score: float = 4.0) -> tuple[list[dict], int]:
+    """Drop rows scoring ``score`` until they make at most ``share`` of the rows (Self-Rewarding down-samples
+    the over-represented score 4; algorithm.md Part B §10). Which rows stay is decided by a hash of (seed, row
+    id), so the result does not depend on row order or chunking.
+
+    Args:
+        rows: EFT rows with ``id`` and ``score``.
+        share: Largest share of ``score`` rows among the rows kept; ``None`` keeps everything.
+        seed: Run seed.
+        score: The score to thin out.
+
+    Returns:
+        The kept rows (input order) and how many were dropped.
+    """
+    hit = [i for i, r in enumerate(rows) if r.get("score") == score]
+    if share is None or not hit:
+        return list(rows), 0
+    others = len(rows) - len(hit)
+    cap = int(share * others / (1.0 - share) + 1e-9)
+    if len(hit) <= cap:
+        return list(rows), 0
+    keep = set(sorted(hit, key=lambda i: (_unit(seed, "eft_score4", rows[i]["id"]), rows[i]["id"]))[:cap])
+    out = [r for i, r in enumerate(rows) if r.get("score") != score or i in keep]
+    return out, len(rows) - len(out)
+
+
+def ranked_tree(p: RankedPrompt, lang: str | None = "en") -> dict:
+    """One prompt in the Open Assistant message-tree format (what ``oasst.load_ranked`` reads back)."""
+    return {"message_tree_id": p.prompt_id,
+            "prompt": {"message_id": p.prompt_id, "role": "prompter", "text": p.prompt, "lang": lang,
+                       "replies": [{"message_id": r["message_id"], "role": "assistant", "text": r["text"],
+                                    "rank": r["rank"], "lang": lang} for r in p.responses]}}

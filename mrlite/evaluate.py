@@ -269,6 +269,8 @@ def run_eval(run_dir: str | Path, *, iters: Sequence[int] | None = None, judge: 
             Hub id; ``column``/``split`` select from it; ``limit`` caps the count.
         human: Human-ranked data in the Open Assistant format for judge quality (held-out split
             ``human_split``, ``human_limit`` prompts, ``human_n`` judgments per reply, language ``lang``).
+            Default: the run's own held-out EFT prompts (``iter_00/eft_heldout.jsonl``, written by the
+            ``eft_data`` stage when ``eft.heldout`` > 0), when that file has any; ``""`` turns it off.
         api_key_env: Environment variable with the endpoint's key ('' for none).
         n_boot: Bootstrap resamples for the intervals.
         concurrency: Endpoint requests in flight.
@@ -298,6 +300,8 @@ def run_eval(run_dir: str | Path, *, iters: Sequence[int] | None = None, judge: 
                                concurrency=concurrency, retries=retries)
     plist = select_prompts(rd, recipe, prompts, column, split, limit)
     atomic_write_jsonl(ev / "prompts.jsonl", plist)
+    if human is None:
+        human = default_human(rd)
     ranked = load_ranked(human, split=human_split, lang=lang, limit=human_limit)[0] if human else None
     a = recipe.actor
     sampling = Sampling(a.temperature if temperature is None else temperature, a.top_p,
@@ -334,6 +338,12 @@ def run_eval(run_dir: str | Path, *, iters: Sequence[int] | None = None, judge: 
     }
     atomic_write_json(ev / "summary.json", summary)
     return summary
+
+
+def default_human(rd: RunDir) -> str | None:
+    """The run's held-out EFT prompts (Open Assistant trees the ``eft_data`` stage kept out of training), if any."""
+    p = rd.path(0, "eft_heldout.jsonl")
+    return str(p) if p.is_file() and p.stat().st_size > 0 else None
 
 
 def _answer_all(recipe: Recipe, ev: Path, models: list[EvalModel], plist: list[dict], sampling: Sampling,

@@ -1,6 +1,6 @@
 """The whole Meta-Rewarding loop, as one readable sequence (algorithm.md Part A).
 
-    iteration 0 (optional): eft                          → M_0
+    iteration 0 (optional): [eft_data →] eft              → M_0  (eft_data: when eft.data is oasst:…)
     iteration t = 1..T:     sample → judge → meta_judge → pairs → train (+ merge) → M_t
 
 The orchestrator never imports torch. Heavy stages run as ``python -m mrlite _worker`` subprocesses (one per
@@ -176,7 +176,11 @@ def _preflight(recipe: Recipe, rd: RunDir, steps: list[tuple[int, str]], force: 
                 f"{(last - 1) * d.prompts_per_iteration + 1} (data.prompts_per_iteration {d.prompts_per_iteration}); "
                 "add prompts, or lower data.prompts_per_iteration or loop.iterations"
             )
-    if "eft" in todo:
+    if "eft_data" in todo:
+        from mrlite.stages.eft_data import load_source
+
+        load_source(recipe)  # the Open Assistant source: reachable, English ranked prompts left
+    if "eft" in todo and not recipe.eft.data.startswith("oasst:"):
         from mrlite.sources import load_eft_rows
 
         load_eft_rows(recipe.eft.data)
@@ -190,7 +194,7 @@ def _run_worker(run_dir: Path, t: int, stages: list[str], force: bool) -> None:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     rc = subprocess.call(cmd, env=env)
     if rc != 0:
-        where = f"iter {t} {'+'.join(stages)}" if t else "eft"
+        where = f"iter {t} {'+'.join(stages)}" if t else "+".join(stages)
         raise StageFailed(f"{where} failed in its subprocess (exit {rc}); see the message above and {run_dir}/log.txt",
                           quiet=rc == WORKER_USER_ERROR)
 

@@ -38,12 +38,16 @@ def _usable(msg: dict) -> bool:
     return not msg.get("deleted") and msg.get("review_result") is not False and isinstance(msg.get("text"), str)
 
 
-def _ranked_replies(replies: list[dict]) -> list[dict]:
+def _ranked_replies(replies: list[dict], drops: dict | None = None) -> list[dict]:
     out, seen = [], set()
+    drops = {} if drops is None else drops
     for r in replies:
-        if r.get("role") != "assistant" or r.get("rank") is None or not _usable(r) or not r["text"].strip():
+        if r.get("role") != "assistant":
             continue
-        if r["text"] in seen:
+        why = ("reply_unranked" if r.get("rank") is None else "reply_deleted_or_failed_review" if not _usable(r)
+               else "reply_empty" if not r["text"].strip() else "reply_duplicate" if r["text"] in seen else None)
+        if why:
+            drops[why] = drops.get(why, 0) + 1
             continue
         seen.add(r["text"])
         out.append({"message_id": str(r["message_id"]), "text": r["text"], "rank": int(r["rank"])})
@@ -68,7 +72,8 @@ def _roots(rows: list[dict], spec: str) -> list[tuple[dict, list[dict]]]:
 
 
 def load_ranked(spec: str, *, split: str = "train", lang: str | None = "en", min_responses: int = 2,
-                limit: int | None = None) -> tuple[list[RankedPrompt], dict]:
+                limit: int | None = None, revision: str | None = None,
+                fix: str = "check --lang and --split") -> tuple[list[RankedPrompt], dict]:
     """Read root prompts with at least ``min_responses`` human-ranked replies.
 
     Args:
@@ -77,27 +82,35 @@ def load_ranked(spec: str, *, split: str = "train", lang: str | None = "en", min
         lang: Keep trees whose root prompt has this language code; ``None`` keeps every language.
         min_responses: Fewest usable ranked replies for a prompt to be kept.
         limit: Keep at most this many prompts (in file order).
+        revision: Hub revision of a dataset id.
+        fix: The end of the error when no prompt is left (what the user should change).
 
     Returns:
-        The prompts (replies sorted best first) and counts: ``roots``, ``other_language``, ``too_few_ranked``,
-        ``kept``.
+        The prompts (replies sorted best first) and counts: ``roots``, ``root_unusable`` (deleted, failed
+        review or empty), ``other_language``, ``too_few_ranked``, ``kept``, and the replies of the language's
+        roots dropped per reason (``reply_unranked``, ``reply_deleted_or_failed_review``, ``reply_empty``,
+        ``reply_duplicate``; only reasons that occurred).
 
     Raises:
         SourceError: the source is missing, empty, or not in an Open Assistant format.
     """
-    rows, _ = read_rows(spec, split)
+    rows, _ = read_rows(spec, split, revision)
     if not rows:
         raise SourceError(f"{spec}: no rows")
-    stats = {"roots": 0, "other_language": 0, "too_few_ranked": 0, "kept": 0}
+    stats = {"roots": 0, "root_unusable": 0, "other_language": 0, "too_few_ranked": 0, "kept": 0}
+    drops: dict[str, int] = {}
     out: list[RankedPrompt] = []
     for root, replies in _roots(rows, spec):
-        if root.get("role", "prompter") != "prompter" or not _usable(root) or not root["text"].strip():
+        if root.get("role", "prompter") != "prompter":
+            continue
+        if not _usable(root) or not root["text"].strip():
+            stats["root_unusable"] += 1
             continue
         stats["roots"] += 1
         if lang is not None and root.get("lang") not in (None, lang):
             stats["other_language"] += 1
             continue
-        ranked = _ranked_replies(replies)
+        ranked = _ranked_replies(replies, drops)
         if len(ranked) < min_responses:
             stats["too_few_ranked"] += 1
             continue
@@ -105,9 +118,10 @@ def load_ranked(spec: str, *, split: str = "train", lang: str | None = "en", min
             break
         out.append(RankedPrompt(str(root["message_id"]), root["text"], ranked))
     stats["kept"] = len(out)
+    stats |= dict(sorted(drops.items()))
     if not out:
         raise SourceError(f"{spec} (split {split!r}): no prompt with {min_responses}+ ranked replies in language "
-                          f"{lang!r} ({stats}); check --lang and --split")
+                          f"{lang!r} ({stats}); {fix}")
     return out, stats
 
 

@@ -248,7 +248,27 @@ class TrainCfg(_Section):
 
 class EftCfg(_Section):
     enabled: bool = Field(False, description="SFT the seed on judge demonstrations first (paper: EFT set of SR).")
-    data: str = Field("builtin", description="'builtin' (shipped EFT seed set) or a JSONL of EFT rows.")
+    data: str = Field(
+        "builtin", description="'builtin' (the shipped stand-in set), a JSONL of ready EFT rows, or "
+        "'oasst:<source>': build the rows inside the run (stage eft_data) from Open Assistant ranked replies at "
+        "<source> (a Hub id such as OpenAssistant/oasst1, a file or a folder; message or tree format), judged by "
+        "the seed model (paper: the Self-Rewarding EFT set, 1,630 rows built from oasst1)."
+    )
+    split: str = Field("train", description="oasst: split of the source to build from.")
+    revision: str | None = Field(None, description="oasst: Hub revision of the source dataset (null: default branch).")
+    max_prompts: int | None = Field(None, ge=1, description="oasst: read at most this many usable prompts.")
+    judgments: int = Field(
+        1, ge=1, le=64, description="oasst: judgments (rounds) per reply; a prompt keeps the first round whose "
+        "scores order its replies as the humans ranked them (Self-Rewarding EFT; the number is not published)."
+    )
+    score4_share: float | None = Field(
+        None, gt=0.0, lt=1.0, description="oasst: down-sample rows scoring 4 (over-represented, Self-Rewarding) "
+        "to at most this share of the kept rows, seeded; null keeps them all."
+    )
+    heldout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="oasst: share of prompts (chosen by a hash of the prompt id) kept out of "
+        "EFT and written to iter_00/eft_heldout.jsonl; `mrlite eval` measures judge-human agreement on them."
+    )
     learning_rate: float = Field(2e-4, gt=0.0)
     epochs: float = Field(1.0, gt=0.0)
     max_steps: int | None = Field(None, ge=1)
@@ -256,6 +276,21 @@ class EftCfg(_Section):
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(1024, ge=32)
     lora: LoraCfg = Field(default_factory=LoraCfg)
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data(cls, v):
+        items = v if isinstance(v, list) else [v] if isinstance(v, str) else None
+        if items is not None and (len(items) > 1 or any(isinstance(x, str) and "oasst:" in x[1:] for x in items)):
+            raise ValueError(
+                "names both a row file and an oasst: source; choose one: a JSONL of ready EFT rows, or "
+                "oasst:<source> to build the rows in the run"
+            )
+        if isinstance(v, list) and len(v) == 1:
+            return v[0]
+        if isinstance(v, str) and v.startswith("oasst:") and not v[len("oasst:"):].strip():
+            raise ValueError("oasst: needs a source after the colon, e.g. oasst:OpenAssistant/oasst1")
+        return v
 
 
 class FakeCfg(_Section):

@@ -10,6 +10,7 @@ import csv
 import hashlib
 import importlib.resources
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +44,8 @@ def normalize_prompt(text: str) -> str:
     return _norm(text)
 
 
-def _read_rows(spec: str, split: str) -> tuple[list[dict], str]:
-    """Rows of a source and an identity string (content hash for files)."""
+def _read_rows(spec: str, split: str, revision: str | None = None) -> tuple[list[dict], str]:
+    """Rows of a source and an identity string (content hash for files; id, split and revision for the Hub)."""
     p = Path(spec)
     if p.is_file():
         ident = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
@@ -70,7 +71,8 @@ def _read_rows(spec: str, split: str) -> tuple[list[dict], str]:
     if p.is_dir():
         return _dir_rows(p, split)
     if re.fullmatch(r"[\w.-]+/[\w.-]+", spec) and not spec.endswith((".jsonl", ".csv", ".parquet", ".json")):
-        return _datasets_rows(spec, split), f"hub:{spec}:{split}"
+        kw = {"revision": revision} if revision else {}
+        return _datasets_rows(spec, split, hub=True, **kw), f"hub:{spec}:{split}" + (f"@{revision}" if revision else "")
     raise SourceError(
         f"data source {spec!r} not found: tried a local file or folder {str(p.resolve())!r} and a Hub dataset id "
         "(owner/name); use 'builtin', a .jsonl/.csv/.parquet path or a Hub id"
@@ -93,9 +95,10 @@ def _json_array_rows(p: Path) -> list[dict]:
     return data
 
 
-def read_rows(spec: str, split: str = "train") -> tuple[list[dict], str]:
-    """Raw rows of a source (file, folder or Hub id) and its identity; no validation (OA trees, EFT, ...)."""
-    return _read_rows(spec, split)
+def read_rows(spec: str, split: str = "train", revision: str | None = None) -> tuple[list[dict], str]:
+    """Raw rows of a source (file, folder or Hub id) and its identity; no validation (OA trees, EFT, ...).
+    ``revision`` pins a Hub dataset's branch, tag or commit (ignored for local sources)."""
+    return _read_rows(spec, split, revision)
 
 
 def _dir_rows(p: Path, split: str) -> tuple[list[dict], str]:
@@ -125,7 +128,7 @@ def _disk_rows(p: Path, split: str) -> list[dict]:
     return [dict(r) for r in ds]
 
 
-def _datasets_rows(path: str, split: str, **kw) -> list[dict]:
+def _datasets_rows(path: str, split: str, hub: bool = False, **kw) -> list[dict]:
     try:
         import datasets
     except ImportError:
@@ -133,8 +136,19 @@ def _datasets_rows(path: str, split: str, **kw) -> list[dict]:
     try:
         ds = datasets.load_dataset(path, split=split, **kw)
     except Exception as e:  # datasets raises many types; the user needs one line
-        raise SourceError(f"cannot load dataset {path!r} (split {split!r}): {str(e).splitlines()[0]}") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SourceError(f"cannot load dataset {path!r} (split {split!r}): {first}"
+                          + (f"; {hub_hint()}" if hub else "")) from None
     return [dict(r) for r in ds]
+
+
+def hub_hint() -> str:
+    """How to fix a Hub dataset that could not be loaded (offline mode, network, token), in one clause."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return ("HF_HUB_OFFLINE is set and the dataset is not in the local cache: unset HF_HUB_OFFLINE (or download "
+                "it once online), or point at a local file or folder")
+    return ("check the network (and HF_ENDPOINT if set), the dataset id and revision, and HF_TOKEN for a gated or "
+            "private dataset; offline, point at a local file or folder")
 
 
 def _prompt_of(row: dict, column: str, where: str) -> str | None:
@@ -249,3 +263,16 @@ def load_eft_rows(spec: str) -> tuple[list[dict], str]:
     if not rows:
         raise SourceError(f"{spec}: no EFT rows")
     return rows, ident
+
+
+EFT_OASST = "oasst:"
+
+
+def eft_source(spec: str) -> tuple[str, str]:
+    """What ``eft.data`` names: ``("builtin", path)``, ``("rows", path)`` (a JSONL of ready rows) or
+    ``("oasst", source)`` (Open Assistant ranked replies to build the rows from inside the run)."""
+    if spec == "builtin":
+        return "builtin", str(builtin_path("eft.jsonl"))
+    if spec.startswith(EFT_OASST):
+        return "oasst", spec[len(EFT_OASST):].strip()
+    return "rows", spec

@@ -113,6 +113,23 @@ CASES: list[Case] = [
     ("pool too small", _run("loop.iterations=12", "meta_judge.iterations=[1]"), "usable prompts, but iteration 12"),
     ("EFT rows missing fields", _with_file("e.jsonl", '{"prompt": "a", "response": "b"}\n', "eft.enabled=true",
                                            "eft.data={tmp}/e.jsonl"), "EFT rows need"),
+    ("EFT source without English ranked prompts",
+     _with_file("de.jsonl", "".join(json.dumps(t) + "\n" for t in [
+         {"prompt": {"message_id": "g1", "role": "prompter", "lang": "de", "text": "Wie spät ist es?", "replies": [
+             {"message_id": "g2", "role": "assistant", "text": "Acht Uhr.", "rank": 0},
+             {"message_id": "g3", "role": "assistant", "text": "Spät.", "rank": 1}]}},
+         {"prompt": {"message_id": "e1", "role": "prompter", "lang": "en", "text": "What time is it?", "replies": [
+             {"message_id": "e2", "role": "assistant", "text": "Eight.", "rank": 0}]}}]),
+                "eft.enabled=true", "eft.data=oasst:{tmp}/de.jsonl"),
+     "no prompt with 2+ ranked replies in language 'en'"),
+    ("EFT source that is not Open Assistant data", _with_file("x.jsonl", '{"prompt": "a"}\n', "eft.enabled=true",
+                                                              "eft.data=oasst:{tmp}/x.jsonl"), "not Open Assistant data"),
+    ("EFT row file and oasst: both", _run("eft.enabled=true", "eft.data=[{tmp}/e.jsonl, 'oasst:x/y']"),
+     "eft.data: names both a row file and an oasst: source; choose one"),
+    ("EFT oasst: without a source", _run("eft.enabled=true", "eft.data='oasst: '"), "oasst: needs a source"),
+    ("EFT held-out share takes every prompt", _run("eft.enabled=true", "eft.heldout=0.99",
+                                                   f"eft.data=oasst:{ROOT / 'tests' / 'assets' / 'oasst_trees.jsonl'}"),
+     "holds out all 5 prompts"),
     # run directory
     ("run dir of another recipe", _on_done(prepare=_other_recipe), "holds a run of recipe 'someone-else'"),
     ("stale marker", _on_done("--set", "judge.n=4"), "--force"),
@@ -181,3 +198,41 @@ def test_missing_extra_names_the_install_command(tmp_path: Path, monkeypatch: py
 def test_unknown_stage_is_a_usage_error(tmp_path: Path) -> None:
     r = CliRunner().invoke(cli, ["run", SMOKE, "--only", "bogus"])
     assert r.exit_code == 2 and "Invalid value for '--only'" in r.output
+
+
+def test_unreachable_hub_source_names_offline_mode(tmp_path: Path) -> None:
+    # A subprocess: huggingface_hub and datasets read HF_HUB_OFFLINE when they are imported. Never the real Hub.
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_ENDPOINT", "MRLITE_FAULT")}
+    env |= {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "mrlite", "run", SMOKE, "--out", str(tmp_path / "run"), "--set",
+                        "eft.enabled=true", "--set", "eft.data=oasst:OpenAssistant/oasst1"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
+    assert r.returncode == 1 and len(lines) == 1, r.stdout + r.stderr
+    assert lines[0].startswith("Error: cannot load dataset 'OpenAssistant/oasst1'") and "HF_HUB_OFFLINE" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_hub_hint_names_the_token_when_online(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mrlite.sources import hub_hint
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert "HF_TOKEN" in hub_hint() and "HF_HUB_OFFLINE" not in hub_hint()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert "unset HF_HUB_OFFLINE" in hub_hint()
+
+
+def test_a_judge_that_never_agrees_stops_before_eft(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["run", SMOKE, "--out", str(out), "-q", "--set", "eft.enabled=true", "--set",
+                                 f"eft.data=oasst:{ROOT / 'tests' / 'assets' / 'oasst_trees.jsonl'}",
+                                 "--set", "backends.fake.unparseable_share=1.0", "--set", "eft.judgments=2"])
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 1 and len(lines) == 1, r.output
+    assert lines[0].startswith("Error: eft_data: the seed model 'fake' ordered no prompt's replies as the humans did")
+    assert "0 of 5 prompts agree (5 disagree, 0 too long; 26 of 26 judgments unparseable; 2 round(s)" in lines[0]
+    assert "EFT would train on nothing" in lines[0]
+    it0 = out / "iter_00"
+    assert not (it0 / "eft_data.jsonl").exists() and not (it0 / "model").exists() and not (it0 / ".parts").exists()
+    assert not (it0 / ".done").exists()
+    assert not any(p.name.endswith(".tmp") for p in out.rglob("*"))

@@ -10,8 +10,18 @@ from click.testing import CliRunner
 from eval_helpers import ScriptedGenerator
 
 from mrlite.cli import cli
-from mrlite.datagen import build_eft, extract_tasks, few_shot_prompt, generate_prompts
-from mrlite.oasst import human_agreement, load_ranked, order_agrees
+from mrlite.datagen import (
+    agreeing_rows,
+    build_eft,
+    downsample_score,
+    extract_tasks,
+    few_shot_prompt,
+    generate_prompts,
+    heldout_split,
+    is_heldout,
+    ranked_tree,
+)
+from mrlite.oasst import RankedPrompt, human_agreement, load_ranked, order_agrees
 from mrlite.rundir import read_jsonl
 from mrlite.sources import SourceError
 
@@ -24,7 +34,8 @@ def test_oasst_both_formats_agree():
     flat, st = load_ranked(MESSAGES)
     trees, st2 = load_ranked(TREES)
     assert flat == trees and st == st2
-    assert st == {"roots": 7, "other_language": 1, "too_few_ranked": 1, "kept": 5}
+    assert st == {"roots": 7, "root_unusable": 1, "other_language": 1, "too_few_ranked": 1, "kept": 5,
+                  "reply_deleted_or_failed_review": 1, "reply_unranked": 1}
     by_id = {p.prompt_id: p for p in flat}
     assert [r["message_id"] for r in by_id["m-t1-000"].responses] == ["m-t1-001", "m-t1-002", "m-t1-003"]
     assert [r["rank"] for r in by_id["m-t6-000"].responses] == [0, 2]  # the deleted reply is gone
@@ -131,3 +142,43 @@ def test_data_commands_on_the_fake_backend(tmp_path):
     assert r.exit_code == 1 and r.output.count("\n") == 1 and "not found: tried" in r.output
     rows = json.loads(json.dumps(read_jsonl(tmp_path / "p.jsonl")))
     assert all(row["source"] == "generated" for row in rows)
+
+
+def test_agreeing_rows_takes_the_first_round_that_follows_the_humans():
+    p = RankedPrompt("p1", "Q?", [{"message_id": "a", "text": "A", "rank": 0}, {"message_id": "b", "text": "B", "rank": 1}])
+    judged = [[("a0", 2.0), ("a1", 5.0), ("a2", 4.0)], [("b0", 3.0), ("b1", 1.0), ("b2", 2.0)]]
+    rows = agreeing_rows(p, judged, 3)
+    assert [(r["judgment"], r["score"], r["round"], r["id"]) for r in rows] == [("a1", 5.0, 1, "eft:a"), ("b1", 1.0, 1, "eft:b")]
+    assert agreeing_rows(p, judged, 1) == []  # round 0 disagrees and is the only one tried
+    assert agreeing_rows(p, [[("a", None)], [("b", 1.0)]], 1) == []  # unparseable never agrees
+
+
+def test_score4_downsampling_caps_the_share_and_is_order_free():
+    rows = [{"id": f"r{i}", "score": 4.0 if i % 4 else 2.0} for i in range(40)]  # 30 fours, 10 others
+    kept, dropped = downsample_score(rows, 0.5, seed=0)
+    assert dropped == 20 and sum(r["score"] == 4.0 for r in kept) == 10 and len(kept) == 20
+    assert [r["id"] for r in kept] == [r["id"] for r in rows if r in kept]  # input order kept
+    again, _ = downsample_score(list(reversed(rows)), 0.5, seed=0)
+    assert {r["id"] for r in again} == {r["id"] for r in kept}  # which rows stay does not depend on order
+    other, _ = downsample_score(rows, 0.5, seed=1)
+    assert {r["id"] for r in other} != {r["id"] for r in kept}  # ... but on the seed
+    assert downsample_score(rows, None, seed=0) == (rows, 0)
+    assert downsample_score(rows, 0.8, seed=0)[1] == 0  # 30/40 = 0.75 is under the cap already
+    assert sum(r["score"] == 4.0 for r in downsample_score(rows, 0.25, seed=0)[0]) == 3  # 3 / 13 <= 0.25
+
+
+def test_heldout_split_is_a_property_of_the_prompt_id():
+    ps = [RankedPrompt(f"id{i}", f"q{i}", []) for i in range(400)]
+    train, held = heldout_split(ps, 0.25)
+    assert len(train) + len(held) == 400 and 60 < len(held) < 140
+    assert {p.prompt_id for p in held} == {p.prompt_id for p in ps if is_heldout(p.prompt_id, 0.25)}
+    assert heldout_split(list(reversed(ps)), 0.25)[1] == list(reversed(held))
+    assert heldout_split(ps, 0.0) == (ps, [])
+    assert set(p.prompt_id for p in held) <= set(p.prompt_id for p in heldout_split(ps, 0.5)[1])  # nested shares
+
+
+def test_heldout_trees_read_back_as_ranked_prompts(tmp_path):
+    ranked, _ = load_ranked(MESSAGES)
+    (tmp_path / "h.jsonl").write_text("".join(json.dumps(ranked_tree(p)) + "\n" for p in ranked))
+    again, st = load_ranked(str(tmp_path / "h.jsonl"))
+    assert again == ranked and st["kept"] == 5

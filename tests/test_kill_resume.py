@@ -99,3 +99,43 @@ def test_resume_after_kill_reports_reused_chunks(tmp_path: Path) -> None:
     assert r.returncode == 0
     assert "iter 1 judge: resumed, 2 of 3 chunks were already written" in r.stderr
     assert "✓ iter 1 sample (cached, " in r.stderr
+
+
+# The EFT set built inside the run (stage eft_data): the paper recipe on the fake backend with an Open Assistant
+# file; 5 English ranked prompts in chunks of 2 → 3 chunks.
+PAPER_EFT = [str(ROOT / "recipes" / "paper.yaml"), "--set", "backends.generator=fake", "--set", "backends.trainer=fake",
+             "--set", "model.base=fake", "--set", f"eft.data=oasst:{ROOT / 'tests' / 'assets' / 'oasst_trees.jsonl'}",
+             "--set", "eft.heldout=0.4", "--set", "data.prompts=builtin", "--set", "data.prompts_per_iteration=8",
+             "--set", "loop.iterations=1", "--set", "actor.n=3", "--set", "judge.n=3", "--set", "loop.chunk_size=2"]
+EFT_KILL_POINTS = ["eft_data:chunk@1", "eft_data:chunk@2", "eft_data:before_marker", "write:eft_data.jsonl",
+                   "write:eft_heldout.jsonl", "write:eft_data_info.json", "eft_data:after_marker", "eft:before_marker"]
+
+
+def _run_eft(out: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MRLITE_FAULT"} | (env_extra or {})
+    return subprocess.run([sys.executable, "-m", "mrlite", "run", *PAPER_EFT, "--out", str(out), "-q"],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def eft_reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    out = tmp_path_factory.mktemp("eftref") / "run"
+    r = _run_eft(out)
+    assert r.returncode == 0, r.stderr
+    return snapshot(out)
+
+
+@pytest.mark.parametrize("point", EFT_KILL_POINTS)
+def test_kill_during_the_eft_build_then_resume_is_identical(point: str, tmp_path: Path,
+                                                            eft_reference: dict[str, str]) -> None:
+    out = tmp_path / "run"
+    killed = _run_eft(out, {"MRLITE_FAULT": point})
+    assert killed.returncode == 99, f"fault {point} was never reached: {killed.stderr[-500:]}"
+    if point == "eft_data:chunk@2":
+        assert sorted(p.name for p in (out / "iter_00" / ".parts" / "eft_data").iterdir()) == [
+            "chunk_00000.json", "chunk_00001.json", "parts.json"]
+    resumed = _run_eft(out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert snapshot(out) == eft_reference
+    assert "iter_00/eft_data.jsonl" in eft_reference and "iter_00/.done/eft_data.json" in eft_reference
+    assert _leftovers(out) == []

@@ -22,11 +22,12 @@ from mrlite.rundir import RunDir, RunDirError, config_hash, fault_point, fingerp
 
 log = logging.getLogger(__name__)
 
-STAGES = ("eft", "sample", "judge", "meta_judge", "pairs", "train")
-"""Every stage, in order. ``eft`` runs once, as iteration 0; the others run in every iteration."""
-ITER_STAGES = STAGES[1:]
+STAGES = ("eft_data", "eft", "sample", "judge", "meta_judge", "pairs", "train")
+"""Every stage, in order. ``eft_data`` and ``eft`` run once, as iteration 0; the others run in every iteration."""
+SEED_STAGES = ("eft_data", "eft")
+ITER_STAGES = tuple(s for s in STAGES if s not in SEED_STAGES)
 GENERATION_STAGES = ("sample", "judge", "meta_judge")
-HEAVY_STAGES = ("eft", "sample", "judge", "meta_judge", "train")
+HEAVY_STAGES = ("eft_data", "eft", "sample", "judge", "meta_judge", "train")
 
 
 class StageError(MrliteError, RuntimeError):
@@ -110,6 +111,8 @@ def module(stage: str) -> ModuleType:
 def stage_iterations(recipe: Recipe, stage: str) -> list[int]:
     if stage == "eft":
         return [0] if recipe.eft.enabled else []
+    if stage == "eft_data":
+        return [0] if recipe.eft.enabled and recipe.eft.data.startswith("oasst:") else []
     return list(range(1, recipe.loop.iterations + 1))
 
 
@@ -163,9 +166,9 @@ def run_stage(ctx: StageContext, stage: str) -> str:
     st, marker = state(ctx, stage)
     if st == "n/a":
         return st
-    label = f"iter {ctx.t} {stage}" if stage != "eft" else "eft"
+    label = f"iter {ctx.t} {stage}" if ctx.t else stage
     if st == "done":
-        _drop_parts(ctx, stage)  # left over when a kill fell between the marker and this cleanup
+        drop_parts(ctx, stage)  # left over when a kill fell between the marker and this cleanup
         log.info("✓ %s (cached, %s rows)", label, marker.get("n_out"))
         return "cached"
     if st == "stale":
@@ -200,13 +203,13 @@ def run_stage(ctx: StageContext, stage: str) -> str:
     fault_point(f"{stage}:before_marker")
     ctx.run.write_marker(ctx.t, stage, new_marker)
     fault_point(f"{stage}:after_marker")
-    _drop_parts(ctx, stage)
+    drop_parts(ctx, stage)
     ctx.run.append_timing({"iter": ctx.t, "stage": stage, "seconds": round(seconds, 3)})
     log.info("%s, %.1fs", mod.summary_line(ctx.t, summary), seconds)
     return "ran"
 
 
-def _drop_parts(ctx: StageContext, stage: str) -> None:
+def drop_parts(ctx: StageContext, stage: str) -> None:
     """Remove a finished stage's partial chunks (and the ``.parts`` folder once empty)."""
     parts = ctx.run.parts_dir(ctx.t, stage)
     if parts.exists():

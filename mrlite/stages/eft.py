@@ -1,7 +1,8 @@
 """Stage ``eft`` (iteration 0, optional): SFT the seed on judge demonstrations → M_0.
 
 Algorithm.md Part A "Seed: EFT SFT": prompt = the judge prompt for (x, y), completion = a justification ending
-in ``Score: s`` (loss on the completion only). Uses the shipped EFT set or ``eft.data``.
+in ``Score: s`` (loss on the completion only). Trains on the shipped EFT set, a JSONL of ready rows, or the rows
+stage ``eft_data`` built in this run from Open Assistant (``eft.data: oasst:<source>``).
 Writes ``iter_00/eft_rows.jsonl``, ``adapter/`` and ``model/``. Exercised by: ``mrlite run recipes/tiny.yaml``.
 """
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from mrlite.prompts import render_judge
 from mrlite.rundir import atomic_write_jsonl, replace_dir
-from mrlite.sources import builtin_path, load_eft_rows
+from mrlite.sources import eft_source, load_eft_rows
 from mrlite.stages import StageContext, resolve_base, untimed
 
 
@@ -21,8 +22,8 @@ def applies(ctx: StageContext) -> bool:
 
 
 def inputs(ctx: StageContext) -> list[Path]:
-    src = ctx.recipe.eft.data
-    return [builtin_path("eft.jsonl") if src == "builtin" else Path(src)]
+    kind, src = eft_source(ctx.recipe.eft.data)
+    return [ctx.path("eft_data.jsonl") if kind == "oasst" else Path(src)]
 
 
 def outputs(ctx: StageContext) -> list[Path]:
@@ -38,7 +39,8 @@ def config(ctx: StageContext) -> dict:
 def run(ctx: StageContext) -> dict:
     from mrlite.distributed import train_call
 
-    rows, _ = load_eft_rows(ctx.recipe.eft.data)
+    kind, _ = eft_source(ctx.recipe.eft.data)
+    rows, _ = load_eft_rows(str(ctx.path("eft_data.jsonl")) if kind == "oasst" else ctx.recipe.eft.data)
     sft = [{"id": r.get("id", f"e{i:05d}"),
             "prompt": [{"role": "user", "content": render_judge(r["prompt"], r["response"])}],
             "completion": [{"role": "assistant", "content": r["judgment"]}]} for i, r in enumerate(rows)]
