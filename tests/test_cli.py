@@ -156,7 +156,7 @@ def test_run_bad_key_is_one_line(tmp_path: Path) -> None:
 
 def test_run_missing_recipe(tmp_path: Path) -> None:
     msg = assert_one_line_error(invoke("run", "recipes/smok.yaml", "--out", str(tmp_path / "run")))
-    assert "did you mean recipes/smoke.yaml?" in msg
+    assert "did you mean smoke (recipes/smoke.yaml)?" in msg
 
 
 def test_run_iter_out_of_range(tmp_path: Path) -> None:
