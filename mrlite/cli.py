@@ -12,7 +12,7 @@ import click
 from mrlite import __version__
 from mrlite.errors import setup_cli_logging, user_error_types, user_errors
 
-STAGE_NAMES = ("eft", "sample", "judge", "meta_judge", "pairs", "train")
+STAGE_NAMES = ("prompts", "eft", "sample", "judge", "meta_judge", "pairs", "train")
 
 
 WORKER_USER_ERROR = 3
@@ -45,7 +45,7 @@ def cli():
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<recipe name>).")
 @click.option("--only", type=click.Choice(STAGE_NAMES), help="Run only this stage.")
 @click.option("--from", "from_stage", type=click.Choice(STAGE_NAMES), help="Recompute from this stage on.")
-@click.option("--iter", "iters", type=int, multiple=True, help="Restrict to iteration K (repeatable; 0 = EFT).")
+@click.option("--iter", "iters", type=int, multiple=True, help="Restrict to iteration K (repeatable; 0 = the prompt pool and EFT).")
 @click.option("--force", is_flag=True, help="Recompute stages whose inputs or settings changed.")
 @click.option("-v", "--verbose", count=True, help="More output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")

@@ -14,6 +14,12 @@ from mrlite.stages import STAGES, StageContext, stage_iterations, state
 
 
 def _detail(stage: str, s: dict) -> str:
+    if stage == "prompts" and s.get("stats") is not None:
+        st = s["stats"]
+        if s.get("mode") == "generate":
+            return (f"grown with {s['model']} ({st.get('requests', 0)} requests; {st.get('duplicate', 0)} duplicate, "
+                    f"{st.get('near_duplicate', 0)} near-duplicate dropped)")
+        return f"from {s.get('source')}"
     if stage == "judge" and s.get("judgments"):
         n = s["judgments"]
         mean = s.get("mean_score")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import random
+import re
 import struct
 from pathlib import Path
 
@@ -22,6 +24,15 @@ from mrlite.recipe import Recipe
 from mrlite.rundir import atomic_write_json, atomic_write_text, iter_jsonl, sha256_file
 
 _WORDS = ["clear", "concise", "helpful", "answer", "detail", "example", "step", "reason", "because", "therefore", "first", "second", "finally", "note", "consider", "simple", "careful", "context", "summary", "point", "idea", "result", "method", "check", "useful", "further", "overall"]
+
+
+_OPENERS = ["How do I", "Explain", "Write a short story about", "What is the difference between", "Give me tips on",
+            "Summarize", "Why does", "Compare", "Plan a trip with", "Write a poem about", "Help me understand",
+            "List three facts about"]
+_SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "ze", "po", "da", "fe", "gi", "hu", "ja", "ko", "le",
+              "mo", "nu", "pi", "qua", "ri", "so", "tu", "ve", "wo", "xi", "ya", "zu", "bre", "cla", "dro", "fli",
+              "gra", "ple", "sta", "tri", "blo", "cre", "spa"]
+_SHOT_RE = re.compile(r"<task>(.*?)</task>", re.DOTALL)
 
 
 def _u(*parts: object) -> float:
@@ -59,6 +70,25 @@ class FakeGenerator:
         words = [_WORDS[int(_u(self.seed, rid, i) * len(_WORDS))] for i in range(n)]
         return f"Answer ({rid}): " + " ".join(words) + "."
 
+    def _tasks(self, req: GenRequest) -> str:
+        """A few-shot prompt's continuation: 2-5 new tasks, now and then a copy (or a near copy) of one of the
+        shown examples, an empty or a too-short one, as real models do."""
+        shots = _SHOT_RE.findall(req.messages[-1]["content"])
+        rng = random.Random(int(_u(self.seed, self.model, req.id, "tasks") * 2**53))
+        tasks = []
+        for _ in range(rng.randint(2, 5)):
+            u = rng.random()
+            if u < 0.04 and shots:
+                tasks.append(rng.choice(shots))
+            elif u < 0.08 and shots:
+                tasks.append(rng.choice(shots) + " please")
+            elif u < 0.10:
+                tasks.append("Hi")
+            else:
+                words = ["".join(rng.choices(_SYLLABLES, k=rng.randint(2, 3))) for _ in range(rng.randint(4, 12))]
+                tasks.append(f"{rng.choice(_OPENERS)} {' '.join(words)}?")
+        return " " + "</task>\n<task>".join(tasks) + "</task>"
+
     def _quality(self, rid: str) -> float:
         return self.low + (self.high - self.low) * _u(self.seed, self.model, rid, "quality")
 
@@ -91,6 +121,10 @@ class FakeGenerator:
             comps = []
             for k in range(req.n):
                 rid = f"{req.id}:{k}" if req.role == "actor" else req.id
+                if req.role == "prompts":
+                    text = self._tasks(req) if k == 0 else self._tasks(GenRequest(f"{req.id}:{k}", req.messages, 1, 0))
+                    comps.append(Completion(text, False, len(text.split())))
+                    continue
                 if req.role in ("actor", "eval"):
                     text = self._actor(rid)
                     comps.append(Completion(text, False, len(text.split())))

@@ -21,11 +21,14 @@ from mrlite.rundir import RunDir, RunDirError, config_hash, fault_point, fingerp
 
 log = logging.getLogger(__name__)
 
-STAGES = ("eft", "sample", "judge", "meta_judge", "pairs", "train")
-"""Every stage, in order. ``eft`` runs once, as iteration 0; the others run in every iteration."""
-ITER_STAGES = STAGES[1:]
+STAGES = ("prompts", "eft", "sample", "judge", "meta_judge", "pairs", "train")
+"""Every stage, in order. ``prompts`` (always) and ``eft`` (optional) run once, as iteration 0; the others run in
+every iteration."""
+SETUP_STAGES = ("prompts", "eft")
+"""The iteration-0 stages."""
+ITER_STAGES = tuple(s for s in STAGES if s not in SETUP_STAGES)
 GENERATION_STAGES = ("sample", "judge", "meta_judge")
-HEAVY_STAGES = ("eft", "sample", "judge", "meta_judge", "train")
+HEAVY_STAGES = ("prompts", "eft", "sample", "judge", "meta_judge", "train")
 
 
 class StageError(RuntimeError):
@@ -102,6 +105,8 @@ def module(stage: str) -> ModuleType:
 
 
 def stage_iterations(recipe: Recipe, stage: str) -> list[int]:
+    if stage == "prompts":
+        return [0]
     if stage == "eft":
         return [0] if recipe.eft.enabled else []
     return list(range(1, recipe.loop.iterations + 1))
@@ -157,7 +162,7 @@ def run_stage(ctx: StageContext, stage: str) -> str:
     st, marker = state(ctx, stage)
     if st == "n/a":
         return st
-    label = f"iter {ctx.t} {stage}" if stage != "eft" else "eft"
+    label = f"iter {ctx.t} {stage}" if ctx.t else stage
     if st == "done":
         _drop_parts(ctx, stage)  # left over when a kill fell between the marker and this cleanup
         log.info("✓ %s (cached, %s rows)", label, marker.get("n_out"))

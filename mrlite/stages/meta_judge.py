@@ -49,7 +49,8 @@ def outputs(ctx: StageContext) -> list[Path]:
 def config(ctx: StageContext) -> dict:
     r = ctx.recipe
     return {"meta_judge": r.meta_judge.model_dump(mode="json"), "policy": ctx.policy_fingerprint(),
-            "seed": r.loop.seed, "max_model_len": r.model.max_model_len, "generator": r.backends.generator,
+            "seed": r.loop.seed, "chunk_size": r.loop.chunk_size, "model": r.model.model_dump(mode="json"),
+            "generator": r.backends.generator,
             "backend": r.backends.model_dump(mode="json")[r.backends.generator]}
 
 
