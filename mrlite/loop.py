@@ -244,6 +244,9 @@ def run(recipe: Recipe, out: str | Path | None = None, *, only: str | None = Non
         steps = plan(recipe, only, iters)
         if from_stage is not None:
             _check_from(steps, from_stage)
+        if (any(s == "sample" for _, s in steps) and (0, "prompts") not in steps
+                and state(StageContext(recipe, rd, 0), "prompts")[0] == "missing"):
+            steps = [(0, "prompts"), *steps]  # --only/--iter on a fresh run: the pool comes first
         _preflight(recipe, rd, steps, force or from_stage is not None)
         _init_run_dir(recipe, rd)
         _save_recipe(recipe, rd)

@@ -19,6 +19,7 @@ import struct
 from pathlib import Path
 
 from mrlite.backends.base import Completion, GenRequest, Sampling, TrainResult
+from mrlite.backends.forcing import pick_choice, score_values
 from mrlite.parsing import SCORE_LABEL, WINNER_LABEL, has_score, has_winner
 from mrlite.recipe import Recipe
 from mrlite.rundir import atomic_write_json, atomic_write_text, iter_jsonl, sha256_file
@@ -131,11 +132,19 @@ class FakeGenerator:
                     continue
                 text, _ = self._judge(rid, k) if req.role == "judge" else self._meta(rid, k)
                 forced = False
+                # Forced values follow the shared rule (forcing.pick_choice) on scripted logits: scores near the
+                # response's latent quality, the verdict towards the better judgment.
                 if req.force == "score" and not has_score(text, self.low, self.high):
-                    digit = int(self.low + (self.high - self.low) * _u(self.seed, rid, k, "forced"))
-                    text, forced = f"{text}\n{SCORE_LABEL}{digit}", True
+                    values = [int(v) for v in score_values((self.low, self.high))]
+                    q = self._quality(rid)
+                    pick = pick_choice([-((v - q) ** 2) for v in values], sampling.temperature,
+                                       _u(self.seed, rid, k, "forced"))
+                    text, forced = f"{text}\n{SCORE_LABEL}{values[pick]}", True
                 elif req.force == "winner" and not has_winner(text):
-                    text, forced = f"{text}\n{WINNER_LABEL}{'A' if _u(self.seed, rid, k, 'f') < 0.5 else 'B'}", True
+                    a, _, b = rid.partition("|")
+                    gap = _u(self.seed, self.model, a, "jq") - _u(self.seed, self.model, b, "jq")
+                    pick = pick_choice([3 * gap, -3 * gap], sampling.temperature, _u(self.seed, rid, k, "f"))
+                    text, forced = f"{text}\n{WINNER_LABEL}{'AB'[pick]}", True
                 comps.append(Completion(text, forced, len(text.split())))
             out.append(comps)
         return out

@@ -76,7 +76,8 @@ def run(ctx: StageContext) -> dict:
     scores = [x["score"] for x in rows]
     n = len(rows)
     return {"n_in": len(responses), "n_out": n, "judgments": n, "parsed_text": st.get("text", 0),
-            "parsed_forced": st.get("forced", 0), "unparsable": st.get("null", 0),
+            "parsed_forced": st.get("forced", 0), "forced_share": round(st.get("forced", 0) / n, 4) if n else None,
+            "unparsable": st.get("null", 0),
             "responses_too_long": st.get("responses_too_long", 0),
             "mean_score": mean_score(scores), "histogram": score_histogram(scores)}
 

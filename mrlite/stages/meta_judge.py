@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mrlite.backends.base import GenRequest
-from mrlite.diagnostics import positional_bias, score_bias
+from mrlite.diagnostics import meta_judge_bias
 from mrlite.pairs import battle_schedule, highest_variance
 from mrlite.parsing import parse_winner
 from mrlite.prompts import render_meta_judge, strip_score_line
@@ -30,11 +30,14 @@ def applies(ctx: StageContext) -> bool:
 
 
 def judge_training_stopped(ctx: StageContext) -> str | None:
-    """The guardrail that stopped judge training in an earlier iteration (from its pairs marker), if any."""
+    """The guardrail that stopped judge training in an earlier iteration (from its pairs marker), if any.
+
+    Only ``guardrails.mode: stop`` stops, and only from the iteration after the one that measured the bias."""
     for s in range(1, ctx.t):
         m = ctx.run.read_marker(s, "pairs")
-        if m and m.get("summary", {}).get("guardrail"):
-            return f"iteration {s}: {m['summary']['guardrail']}"
+        summary = (m or {}).get("summary", {})
+        if summary.get("guardrail") and summary.get("guardrail_action", "stop") == "stop":
+            return f"iteration {s}: {summary['guardrail']}"
     return None
 
 
@@ -121,9 +124,9 @@ def run(ctx: StageContext) -> dict:
     winners = [x["winner"] for x in rows]
     return {"n_in": len(units), "n_out": len(rows), "prompts": len(units), "no_selection": no_selection,
             "battles": len(rows), "undecided": sum(1 for w in winners if w == 0),
-            "parsed_forced": st.get("forced", 0), "battles_too_long": st.get("too_long", 0),
-            "positional_bias": positional_bias(winners),
-            "score_bias": score_bias([(x["a_score"], x["b_score"], x["winner"]) for x in rows])}
+            "parsed_forced": st.get("forced", 0), "forced_share": round(st.get("forced", 0) / len(rows), 4) if rows
+            else None, "battles_too_long": st.get("too_long", 0),
+            **meta_judge_bias([(x["a_score"], x["b_score"], x["winner"]) for x in rows])}
 
 
 def _pct(x) -> str:
@@ -133,6 +136,7 @@ def _pct(x) -> str:
 def summary_line(t: int, s: dict) -> str:
     n = max(1, s["battles"])
     return (f"meta_judge iter {t}: {s['prompts']} prompts, {s['battles']} battles, {s['undecided']} undecided "
-            f"({100 * s['undecided'] / n:.1f}%), {s['parsed_forced']} forced, slot-A wins "
-            f"{_pct(s['positional_bias'])}, higher-score wins {_pct(s['score_bias'])}, "
+            f"({100 * s['undecided'] / n:.1f}%), {s['parsed_forced']} forced ({100 * s['parsed_forced'] / n:.1f}%), "
+            f"positional bias {_pct(s['positional_bias'])} (slot A among equal scores; all battles "
+            f"{_pct(s.get('slot_a_share'))}), higher-score wins {_pct(s['score_bias'])}, "
             f"{s['no_selection']} prompts without a judge-pair candidate")
