@@ -126,10 +126,11 @@ def test_a_model_that_never_writes_a_usable_task_stops_early(tmp_path: Path) -> 
 
 def test_an_unreachable_target_stops_and_resumes_with_a_larger_bound(tmp_path: Path, grown: Path) -> None:
     out = tmp_path / "run"
-    msg = _one_line_failure(out, *GROW, "data.generate.max_requests=16")
-    assert "the target is out of reach within data.generate.max_requests 16: 16 requests gave" in msg
+    msg = _one_line_failure(out, *GROW, "data.generate.max_requests=20")
+    assert "the target is out of reach within data.generate.max_requests 20: 20 requests gave" in msg
     assert "raise data.generate.max_requests" in msg
-    # the chunks written so far are reused once the bound is raised (it is not part of the pool's fingerprint)
+    # the whole chunks written so far are reused once the bound is raised (it is not part of the pool's
+    # fingerprint); the one the old bound cut short (requests 16-19 of 16-23) is asked again in full
     r = CliRunner().invoke(cli, ["run", str(SMOKE), "--out", str(out), *[x for s in GROW for x in ("--set", s)]])
     assert r.exit_code == 0, r.output
     assert "prompts: resumed, 2 chunks were already written" in (out / "log.txt").read_text()

@@ -123,14 +123,14 @@ def _grow(ctx: StageContext, g) -> tuple[list[dict], dict]:
             if ci >= GIVE_UP_EMPTY_CHUNKS and not rows:
                 break
             path = parts / f"chunk_{ci:05d}.json"
-            if path.exists():
-                chunk = json.loads(path.read_text(encoding="utf-8"))
+            count = min(size, max_requests - ci * size)
+            chunk = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+            if chunk is not None and len(chunk["requests"]) == count:
                 reused += 1
-            else:
+            else:  # missing, or cut short by an earlier, lower max_requests: (re)generate the whole chunk
                 if gen is None:
                     gen, own = _generator(ctx, g)
-                reqs = prompt_requests(seeds.prompts, ci * size, min(size, max_requests - ci * size), shots=g.shots,
-                                       seed=r.loop.seed)
+                reqs = prompt_requests(seeds.prompts, ci * size, count, shots=g.shots, seed=r.loop.seed)
                 lengths = gen.prompt_lengths([q for q, _ in reqs])
                 fit = [i for i, n in enumerate(lengths) if n <= r.model.max_model_len - MIN_ANSWER_TOKENS]
                 outs = dict(zip(fit, gen.generate([reqs[i][0] for i in fit], sampling), strict=True)) if fit else {}
