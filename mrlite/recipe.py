@@ -106,6 +106,15 @@ class DataCfg(_Section):
         None, ge=1, description="Drop prompts longer than this many characters (counted in prompts.jsonl)."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _growing_defaults(cls, data):
+        """``prompts: generate`` without a ``generate`` section means its defaults (spelled out, so the resolved
+        recipe shows them)."""
+        if isinstance(data, dict) and data.get("prompts") == "generate" and data.get("generate") is None:
+            data = {**data, "generate": {}}
+        return data
+
     @model_validator(mode="after")
     def _one_source(self):
         if self.generate is not None and self.prompts != "generate":
