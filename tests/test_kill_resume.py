@@ -33,6 +33,7 @@ KILL_POINTS = [
     "write:pairs_actor.jsonl", "write:pairs_judge.jsonl@2", "write:train_metrics.jsonl",
     "write:sample.json", "write:train.json@2", "write:lineage.json", "write:recipe.yaml", "write:run.json",
     "write:chunk_00001.json", "sample:after_marker", "judge:after_marker@2", "meta_judge:after_marker",
+    "write:pool.jsonl", "write:pool.json", "prompts:before_marker",
 ]
 
 
