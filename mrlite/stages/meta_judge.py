@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from mrlite.backends.base import GenRequest
+from mrlite.battles import battle_schedule
 from mrlite.diagnostics import meta_judge_bias
-from mrlite.pairs import battle_schedule, highest_variance
+from mrlite.fmt import pct
+from mrlite.pairs import highest_variance
 from mrlite.parsing import parse_winner
 from mrlite.prompts import render_meta_judge, strip_score_line
 from mrlite.rundir import atomic_write_jsonl, derive_seed, read_jsonl
@@ -129,14 +131,10 @@ def run(ctx: StageContext) -> dict:
             **meta_judge_bias([(x["a_score"], x["b_score"], x["winner"]) for x in rows])}
 
 
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.0f}%"
-
-
 def summary_line(t: int, s: dict) -> str:
     n = max(1, s["battles"])
     return (f"meta_judge iter {t}: {s['prompts']} prompts, {s['battles']} battles, {s['undecided']} undecided "
             f"({100 * s['undecided'] / n:.1f}%), {s['parsed_forced']} forced ({100 * s['parsed_forced'] / n:.1f}%), "
-            f"positional bias {_pct(s['positional_bias'])} (slot A among equal scores; all battles "
-            f"{_pct(s.get('slot_a_share'))}), higher-score wins {_pct(s['score_bias'])}, "
+            f"positional bias {pct(s['positional_bias'])} (slot A among equal scores; all battles "
+            f"{pct(s.get('slot_a_share'))}), higher-score wins {pct(s['score_bias'])}, "
             f"{s['no_selection']} prompts without a judge-pair candidate")
