@@ -40,7 +40,7 @@ def cli():
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<recipe name>).")
 @click.option("--only", type=click.Choice(STAGES), help="Run only this stage.")
 @click.option("--from", "from_stage", type=click.Choice(STAGES), help="Recompute from this stage on.")
-@click.option("--iter", "iters", type=int, multiple=True, help="Restrict to iteration K (repeatable; 0 = EFT).")
+@click.option("--iter", "iters", type=int, multiple=True, help="Restrict to iteration K (repeatable; 0 = the prompt pool and EFT).")
 @click.option("--force", is_flag=True, help="Recompute stages whose inputs or settings changed.")
 @click.option("-v", "--verbose", count=True, help="More output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")

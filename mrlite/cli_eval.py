@@ -128,7 +128,7 @@ def eval_cmd(run_dir, iters, judge, api_key_env, prompts, column, split, limit, 
         click.echo(f"judge M{q['t']} vs humans: agreement {_pct(q['agreement'])}%, w/o ties "
                    f"{_pct(q['agreement_no_ties'])}%, Spearman {q['spearman'] if q['spearman'] is None else round(q['spearman'], 3)}")
     for m in s["meta_judge"]:
-        click.echo(f"meta-judge iter {m['t']}: positional bias {_pct(m['positional_bias'])}% (slot A), "
+        click.echo(f"meta-judge iter {m['t']}: positional bias {_pct(m['positional_bias'])}% (slot A among equal scores), "
                    f"score bias {_pct(m['score_bias'])}%")
     click.echo(f"→ {run_dir}/eval/summary.json")
 

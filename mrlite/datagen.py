@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from mrlite.backends.base import GenRequest, Generator, Sampling
+from mrlite.dedup import NearDuplicateIndex
 from mrlite.oasst import RankedPrompt, order_agrees
 from mrlite.parsing import parse_score
 from mrlite.prompts import render_judge
 from mrlite.recipe import Recipe, recipe_from_dict
 from mrlite.rundir import derive_seed, fingerprint
-from mrlite.sources import normalize_prompt
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +102,66 @@ def extract_tasks(text: str) -> list[str]:
     return [t for t in tasks if t]
 
 
+def prompt_requests(seeds: Sequence[str], first: int, count: int, *, shots: int = 8,
+                    seed: int = 0) -> list[tuple[GenRequest, list[int]]]:
+    """Requests ``first .. first + count - 1`` of a growing run, each with the seed indices it shows.
+
+    Request ``k``'s examples and sampling seed derive from ``(seed, k)`` alone, so a resumed run (or another
+    chunking) asks exactly the same questions.
+    """
+    out = []
+    for k in range(first, first + count):
+        rng = np.random.default_rng(derive_seed(seed, "prompt_shots", k))
+        pick = rng.choice(len(seeds), size=shots, replace=False).tolist()
+        req = GenRequest(id=f"r{k:06d}", messages=[{"role": "user", "content": few_shot_prompt([seeds[i] for i in pick])}],
+                         n=1, seed=derive_seed(seed, "prompt_gen", k), role="prompts")
+        out.append((req, pick))
+    return out
+
+
+class TaskFilter:
+    """Which written tasks join the pool: length-bounded, no leftover tag, not an exact or near duplicate of a
+    seed prompt or of a task kept before (``mrlite.dedup``). ``stats`` counts each reason."""
+
+    def __init__(self, seeds: Sequence[str], *, min_chars: int = 10, max_chars: int = 2000, similarity: str = "exact",
+                 threshold: float = 0.8, shingle_chars: int = 5):
+        self.min_chars, self.max_chars = min_chars, max_chars
+        self.index = NearDuplicateIndex(similarity, threshold, shingle_chars)
+        self.index.add_many(list(seeds))
+        self.stats: Counter = Counter()
+
+    def offer(self, tasks: Sequence[str]) -> list[str | None]:
+        """One reason per task (``too_short``, ``too_long``, ``has_tag``, ``duplicate``, ``near_duplicate``) or
+        None for a task that is kept (and from now on counts as seen)."""
+        why: list[str | None] = []
+        ok = []
+        for t in tasks:
+            self.stats["candidates"] += 1
+            w = ("too_short" if len(t) < self.min_chars else "too_long" if len(t) > self.max_chars
+                 else "has_tag" if "<task" in t.lower() or "</task" in t.lower() else None)
+            why.append(w)
+            if w is None:
+                ok.append(len(why) - 1)
+        dup = self.index.add_many([tasks[i] for i in ok])
+        for i, d in zip(ok, dup, strict=True):
+            why[i] = {"exact": "duplicate", "near": "near_duplicate", None: None}[d]
+        for w in why:
+            if w is not None:
+                self.stats[w] += 1
+        return why
+
+
 def generate_prompts(seeds: Sequence[str], generator: Generator, n: int, *, shots: int = 8, seed: int = 0,
                      sampling: Sampling = PROMPT_SAMPLING, batch: int = 16, min_chars: int = 10,
-                     max_chars: int = 2000, max_rounds: int = 50) -> tuple[list[dict], dict]:
+                     max_chars: int = 2000, max_rounds: int = 50, similarity: str = "exact",
+                     threshold: float = 0.8) -> tuple[list[dict], dict]:
     """Generate ``n`` new prompts few-shot from ``seeds`` (Self-Rewarding, 8-shot).
 
     Each request shows ``shots`` seed prompts drawn at random; every task the model writes is kept unless it is
     shorter than ``min_chars`` or longer than ``max_chars``, still contains a tag, or duplicates (after case and
-    whitespace normalisation) a seed or an earlier task. Rounds of ``batch`` requests run until ``n`` prompts
-    are kept or ``max_rounds`` rounds have run.
+    whitespace normalisation; with ``similarity="jaccard"`` also near-duplicates) a seed or an earlier task.
+    Rounds of ``batch`` requests run until ``n`` prompts are kept or ``max_rounds`` rounds have run. (A run's
+    ``prompts`` stage does the same in resumable chunks.)
 
     Args:
         seeds: The seed prompt set (at least ``shots`` prompts).
@@ -123,6 +174,8 @@ def generate_prompts(seeds: Sequence[str], generator: Generator, n: int, *, shot
         min_chars: Shortest task kept.
         max_chars: Longest task kept.
         max_rounds: Give up after this many rounds.
+        similarity: ``"exact"`` or ``"jaccard"`` (``mrlite.dedup``).
+        threshold: Jaccard threshold for ``"jaccard"``.
 
     Returns:
         Rows ``{"id", "prompt", "source": "generated", "shots": [...]}`` and counts of what was dropped.
@@ -132,31 +185,25 @@ def generate_prompts(seeds: Sequence[str], generator: Generator, n: int, *, shot
     """
     if len(seeds) < shots:
         raise ValueError(f"need at least {shots} seed prompts for {shots}-shot generation, got {len(seeds)}")
-    seen = {normalize_prompt(s) for s in seeds}
-    rng = np.random.default_rng(derive_seed(seed, "prompt_shots"))
+    filt = TaskFilter(seeds, min_chars=min_chars, max_chars=max_chars, similarity=similarity, threshold=threshold)
     rows: list[dict] = []
     st: Counter = Counter()
     for rnd in range(max_rounds):
         if len(rows) >= n:
             break
-        picks = [rng.choice(len(seeds), size=shots, replace=False).tolist() for _ in range(batch)]
-        reqs = [GenRequest(id=f"gen:{rnd}:{i}", messages=[{"role": "user", "content": few_shot_prompt(
-            [seeds[k] for k in p])}], n=1, seed=derive_seed(seed, "prompt_gen", rnd, i)) for i, p in enumerate(picks)]
+        reqs = prompt_requests(seeds, rnd * batch, batch, shots=shots, seed=seed)
         st["requests"] += len(reqs)
-        for p, comps in zip(picks, generator.generate(reqs, sampling), strict=True):
-            tasks = extract_tasks(comps[0].text)
-            st["no_task"] += not tasks
-            for task in tasks:
-                st["candidates"] += 1
-                key = normalize_prompt(task)
-                why = ("too_short" if len(task) < min_chars else "too_long" if len(task) > max_chars
-                       else "has_tag" if "<task" in task.lower() or "</task" in task.lower()
-                       else "duplicate" if key in seen else None)
-                if why or len(rows) >= n:
-                    st[why or "surplus"] += 1
-                    continue
-                seen.add(key)
-                rows.append({"id": f"g{len(rows):05d}", "prompt": task, "source": "generated", "shots": p})
+        written = [(pick, task) for (_, pick), comps in zip(reqs, generator.generate([r for r, _ in reqs], sampling),
+                                                            strict=True) for task in extract_tasks(comps[0].text)
+                   or [None]]
+        st["no_task"] += sum(t is None for _, t in written)
+        written = [(p, t) for p, t in written if t is not None]
+        for (pick, task), why in zip(written, filt.offer([t for _, t in written]), strict=True):
+            if why is None and len(rows) >= n:
+                st["surplus"] += 1
+            elif why is None:
+                rows.append({"id": f"g{len(rows):05d}", "prompt": task, "source": "generated", "shots": pick})
+    st.update(filt.stats)
     st["kept"] = len(rows)
     return rows, dict(st)
 

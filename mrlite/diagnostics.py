@@ -1,8 +1,8 @@
 """Per-iteration diagnostics: the numbers the Meta-Rewarding paper reports, from plain lists.
 
 Parse rates; mean judge score and its histogram (the paper's Figure 5: mean ≈ 4.1 → > 4.7 after judge
-training); the meta-judge's positional bias and score bias (Table 5: score bias 63 % in iteration 1 → 97.7 %
-in iteration 2); pair counts and chosen/rejected lengths; the length–score correlation that length control
+training); the meta-judge's positional bias (slot-A share among equally scored battles) and score bias (Table 5:
+score bias 63 % in iteration 1 → 97.7 % in iteration 2); pair counts and chosen/rejected lengths; the length–score correlation that length control
 (ρ) is meant to keep in check (arXiv 2407.19594 §2.1, §3).
 
 Every function returns ``None`` — never NaN — when its number is undefined (no data, nothing decided), so the
@@ -22,11 +22,14 @@ __all__ = [
     "decision_rate",
     "length_score_correlation",
     "mean_score",
+    "meta_judge_bias",
     "pair_length_stats",
     "parse_rate",
     "positional_bias",
+    "positional_bias_by_gap",
     "score_bias",
     "score_histogram",
+    "slot_a_share",
     "summarize_iteration",
 ]
 
@@ -123,10 +126,11 @@ def score_histogram(scores: Sequence[float | None], bins: Sequence[int] = SCORE_
     return hist
 
 
-def positional_bias(winners: Sequence[int]) -> float | None:
-    """Share of decided meta-judge battles won by the first slot ("Judgment A").
+def slot_a_share(winners: Sequence[int]) -> float | None:
+    """Share of ALL decided meta-judge battles won by the first slot ("Judgment A").
 
-    0.5 is an unbiased meta-judge; the paper's Table 5 tracks how this drifts over iterations.
+    Context only: battles between differently scored judgments are mostly decided by the scores (score bias),
+    which pulls this share towards 50 %; ``positional_bias`` is the paper's measure.
 
     Args:
         winners: ``parse_winner`` results (+1 = A, -1 = B, 0 = undecided, ignored).
@@ -139,6 +143,55 @@ def positional_bias(winners: Sequence[int]) -> float | None:
     if a + b == 0:
         return None
     return a / (a + b)
+
+
+def _gap(score_a: float | None, score_b: float | None) -> float | None:
+    if _is_missing(score_a) or _is_missing(score_b):
+        return None
+    d = abs(float(score_a) - float(score_b))  # type: ignore[arg-type]
+    return 0.0 if d <= _TOL else d
+
+
+def positional_bias(battles: Sequence[tuple[float | None, float | None, int]]) -> float | None:
+    """The paper's positional bias (Table 5): the share of "A" verdicts among decided battles whose two judgments
+    carry the same score.
+
+    With equal scores only the position is left to tell the judgments apart, so 0.5 is an unbiased meta-judge
+    and 1.0 one that always picks the first slot (``slot_a_share`` over all battles dilutes this towards 0.5).
+
+    Args:
+        battles: ``(score_a, score_b, winner)`` per battle; battles with a missing score, different scores
+            (beyond 1e-9) or no winner are left out.
+
+    Returns:
+        The share in [0, 1], or ``None`` if no battle qualifies.
+    """
+    return slot_a_share([w for a, b, w in battles if _gap(a, b) == 0.0])
+
+
+#: Score-gap classes of ``positional_bias_by_gap`` (absolute difference of the two judgments' scores).
+GAP_CLASSES = (("0", 0.0, 0.0), ("(0,1]", 0.0, 1.0), ("(1,2]", 1.0, 2.0), (">2", 2.0, math.inf))
+
+
+def positional_bias_by_gap(battles: Sequence[tuple[float | None, float | None, int]]) -> dict[str, dict]:
+    """Slot-A share of the decided battles per class of score gap ``|score_a - score_b|``.
+
+    Returns:
+        ``{"0": {"battles": n, "slot_a": share or None}, "(0,1]": ..., "(1,2]": ..., ">2": ...}``.
+    """
+    out = {}
+    for name, lo, hi in GAP_CLASSES:
+        ws = [w for a, b, w in battles if (g := _gap(a, b)) is not None and w != 0
+              and (g == 0.0 if hi == 0.0 else lo < g <= hi)]
+        out[name] = {"battles": len(ws), "slot_a": slot_a_share(ws)}
+    return out
+
+
+def meta_judge_bias(battles: Sequence[tuple[float | None, float | None, int]]) -> dict[str, object]:
+    """Every bias number of one iteration's battles: ``positional_bias`` (equal scores, the paper's),
+    ``slot_a_share`` (all decided battles), ``score_bias`` and ``positional_by_gap``."""
+    return {"positional_bias": positional_bias(battles), "slot_a_share": slot_a_share([w for *_, w in battles]),
+            "score_bias": score_bias(battles), "positional_by_gap": positional_bias_by_gap(battles)}
 
 
 def score_bias(battles: Sequence[tuple[float | None, float | None, int]]) -> float | None:
@@ -262,7 +315,7 @@ def summarize_iteration(
 
     Returns:
         A dict with keys ``judge`` (parse rate, mean, histogram), ``responses`` (count, mean score,
-        length-score correlation), ``meta_judge`` (count, decision rate, positional and score bias) and, when
+        length-score correlation), ``meta_judge`` (count, decision rate and ``meta_judge_bias``) and, when
         given, ``actor_pairs`` / ``judge_pairs`` (``pair_length_stats``). Undefined numbers are ``None``.
     """
     winners = [w for _, _, w in meta_battles]
@@ -283,8 +336,7 @@ def summarize_iteration(
         "meta_judge": {
             "count": len(winners),
             "decision_rate": decision_rate(winners),
-            "positional_bias": positional_bias(winners),
-            "score_bias": score_bias(meta_battles),
+            **meta_judge_bias(meta_battles),
         },
     }
     if actor_pairs is not None:

@@ -27,7 +27,7 @@ from mrlite.rundir import (
     RunDir, RunDirError, atomic_write_json, atomic_write_jsonl, atomic_write_text, derive_seed, fingerprint, read_jsonl,
 )
 from mrlite.runstats import meta_judge_biases, run_iterations
-from mrlite.sources import load_prompt_pool, normalize_prompt
+from mrlite.sources import PromptPool, load_prompt_pool, normalize_prompt
 from mrlite.eval_judge import PROMPT_VERSION, EndpointJudge, JsonlCache, LocalJudge, judge_comparison, key_of
 from mrlite.winrate import LC_NAME, PromptResult, judge_agreement, summarize
 
@@ -132,7 +132,11 @@ def select_prompts(rd: RunDir, recipe: Recipe, spec: str, column: str, split: st
     """
     if spec == "heldout":
         d = recipe.data
-        pool = load_prompt_pool(d.prompts, d.column, d.split, d.max_prompt_chars)
+        if rd.path(0, "pool.jsonl").is_file():  # the run's own pool (grown or read by its prompts stage)
+            pool_rows = read_jsonl(rd.path(0, "pool.jsonl"))
+            pool = PromptPool([r["id"] for r in pool_rows], [r["prompt"] for r in pool_rows], "run-pool")
+        else:
+            pool = load_prompt_pool(d.prompts, d.column, d.split, d.max_prompt_chars)
         used = {normalize_prompt(p["prompt"]) for t in run_iterations(rd) if rd.path(t, "prompts.jsonl").is_file()
                 for p in read_jsonl(rd.path(t, "prompts.jsonl"))}
         rows = [{"prompt_id": i, "prompt": p} for i, p in zip(pool.ids, pool.prompts, strict=True)

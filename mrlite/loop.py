@@ -1,6 +1,6 @@
 """The whole Meta-Rewarding loop, as one readable sequence (algorithm.md Part A).
 
-    iteration 0 (optional): [eft_data →] eft              → M_0  (eft_data: when eft.data is oasst:…)
+    iteration 0:            prompts (the pool) → [eft_data →] eft (optional) → M_0  (eft_data: eft.data oasst:…)
     iteration t = 1..T:     sample → judge → meta_judge → pairs → train (+ merge) → M_t
 
 The orchestrator never imports torch. Heavy stages run as ``python -m mrlite _worker`` subprocesses (one per
@@ -164,15 +164,27 @@ def _preflight(recipe: Recipe, rd: RunDir, steps: list[tuple[int, str]], force: 
         missing = missing_packages(name)
         if missing:
             raise BackendError(f"backends.{kind} {name!r} needs {', '.join(missing)}: {NEEDS[name][1]}")
-    if "sample" in todo:
-        from mrlite.sources import load_prompt_pool
+    if "prompts" in todo or "sample" in todo:
+        from mrlite.stages import prompts as prompts_stage
 
+        ctx0 = StageContext(recipe, rd, 0)
+        g = recipe.data.growing()
+        if "prompts" in todo and g is not None and prompts_stage.inputs(ctx0):
+            from mrlite.sources import load_prompt_pool
+
+            seeds = load_prompt_pool(g.seeds, g.seeds_column, g.seeds_split)
+            if len(seeds.prompts) < g.shots:
+                raise RecipeError(f"data.generate.seeds {g.seeds!r} has {len(seeds.prompts)} usable prompts, fewer "
+                                  f"than data.generate.shots {g.shots}; use a larger seed set or fewer shots")
+        size = prompts_stage.pool_size(ctx0)  # reads (and so validates) a local source; a Hub id is read once, later
+        sample_iters = [t for t, s in steps if s == "sample"]
         d = recipe.data
-        pool = load_prompt_pool(d.prompts, d.column, d.split, d.max_prompt_chars)
-        last = max(t for t, s in steps if s == "sample")
-        if (last - 1) * d.prompts_per_iteration >= len(pool.prompts):
+        if size is not None and sample_iters and (max(sample_iters) - 1) * d.prompts_per_iteration >= size:
+            last = max(sample_iters)
+            what = f"data.generate.n is {size}" if g is not None and not ctx0.path("pool.jsonl").is_file() else \
+                f"data.prompts has {size} usable prompts"
             raise RecipeError(
-                f"data.prompts has {len(pool.prompts)} usable prompts, but iteration {last} starts at prompt "
+                f"{what}, but iteration {last} starts at prompt "
                 f"{(last - 1) * d.prompts_per_iteration + 1} (data.prompts_per_iteration {d.prompts_per_iteration}); "
                 "add prompts, or lower data.prompts_per_iteration or loop.iterations"
             )
@@ -208,7 +220,7 @@ def run(recipe: Recipe, out: str | Path | None = None, *, only: str | None = Non
         out: Run directory (default ``runs/<recipe.name>``).
         only: Run just this stage (in every selected iteration).
         from_stage: Recompute from this stage on (in the first selected iteration) and everything after it.
-        iters: Restrict to these iterations (0 = EFT).
+        iters: Restrict to these iterations (0 = the prompt pool and EFT).
         force: Recompute stages whose inputs or settings changed instead of stopping.
         isolate: Override ``loop.isolate`` (True: heavy stages in subprocesses).
 
@@ -224,10 +236,9 @@ def run(recipe: Recipe, out: str | Path | None = None, *, only: str | None = Non
         if value is not None and value not in STAGES:
             raise RecipeError(f"{name} {value!r}: unknown stage; choose one of {', '.join(STAGES)}")
     if iters:
-        lo = 0 if recipe.eft.enabled else 1
-        bad = [k for k in iters if not lo <= k <= recipe.loop.iterations]
+        bad = [k for k in iters if not 0 <= k <= recipe.loop.iterations]
         if bad:
-            raise RecipeError(f"--iter {bad[0]} is outside this recipe's iterations {lo}..{recipe.loop.iterations}")
+            raise RecipeError(f"--iter {bad[0]} is outside this recipe's iterations 0..{recipe.loop.iterations}")
     rd = RunDir(Path(out) if out is not None else default_out(recipe))
     created = not rd.root.exists()
     rd.acquire_lock()
@@ -236,6 +247,9 @@ def run(recipe: Recipe, out: str | Path | None = None, *, only: str | None = Non
         steps = plan(recipe, only, iters)
         if from_stage is not None:
             _check_from(steps, from_stage)
+        if (any(s == "sample" for _, s in steps) and (0, "prompts") not in steps
+                and state(StageContext(recipe, rd, 0), "prompts")[0] == "missing"):
+            steps = [(0, "prompts"), *steps]  # --only/--iter on a fresh run: the pool comes first
         _preflight(recipe, rd, steps, force or from_stage is not None)
         _init_run_dir(recipe, rd)
         _save_recipe(recipe, rd)

@@ -262,18 +262,26 @@ def disk_gib(recipe: Recipe, shape: ModelShape) -> dict[str, float]:
 
 def prompt_tokens_of(recipe: Recipe) -> tuple[float, str | None]:
     """Mean prompt tokens of the recipe's pool (chars / 4), or 100 with a note when it cannot be read here."""
-    src = recipe.data.prompts
+    src, column, split, max_chars = (recipe.data.prompts, recipe.data.column, recipe.data.split,
+                                     recipe.data.max_prompt_chars)
+    grow = recipe.data.growing()
+    if grow is not None:  # grown prompts are assumed as long as the seed prompts they imitate
+        src, column, split, max_chars = grow.seeds, grow.seeds_column, grow.seeds_split, grow.max_chars
     if src != "builtin" and not Path(src).is_file():
         return 100.0, f"data.prompts {src!r} is not a local file here; assuming 100-token prompts"
     from mrlite.sources import SourceError, load_prompt_pool
 
     try:
-        pool = load_prompt_pool(src, recipe.data.column, recipe.data.split, recipe.data.max_prompt_chars)
+        pool = load_prompt_pool(src, column, split, max_chars)
     except SourceError as e:
         return 100.0, str(e)
     note = None
     need = recipe.data.prompts_per_iteration * recipe.loop.iterations
-    if len(pool.prompts) < need:
+    have = grow.n if grow is not None else len(pool.prompts)
+    if grow is not None and have < need:
+        note = (f"data.generate.n is {have}, the recipe needs {need} prompts "
+                f"({recipe.loop.iterations} x {recipe.data.prompts_per_iteration})")
+    elif grow is None and have < need:
         note = (f"the prompt pool has {len(pool.prompts)} prompts, the recipe needs {need} "
                 f"({recipe.loop.iterations} x {recipe.data.prompts_per_iteration})")
     return sum(len(x) for x in pool.prompts) / len(pool.prompts) / CHARS_PER_TOKEN, note

@@ -204,13 +204,13 @@ def winrates(ev: dict | None) -> Figure | None:
 
 
 def meta_bias(its: list[dict]) -> Figure | None:
-    """The meta-judge's positional bias (slot-A wins) and score bias (higher score wins) per iteration."""
+    """The meta-judge's positional bias (slot-A wins among equally scored battles) and score bias (higher score wins) per iteration."""
     its = [s for s in its if s["meta"]]
     if not its:
         return None
     fig, (ax,) = _fig()
     x = np.arange(len(its))
-    for off, key, label, color in ((-0.2, "positional_bias", "positional bias: judgment A wins", C_META),
+    for off, key, label, color in ((-0.2, "positional_bias", "positional bias: A wins, equal scores", C_META),
                                    (0.2, "score_bias", "score bias: higher-scored judgment wins", C_JUDGE)):
         vals = [100 * s["meta"][key] if s["meta"][key] is not None else 0 for s in its]
         bars = ax.bar(x + off, vals, 0.4, label=label, color=color)

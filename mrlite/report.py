@@ -160,6 +160,27 @@ def _eval_section(ev: dict | None, figs: dict[str, str], root: Path) -> list[str
     return [*out, "", *_img(figs, "judge_quality", "judge quality")]
 
 
+def _guardrail_words(r: Recipe, its: list[dict]) -> list[str]:
+    """What the guardrails did, in words (they never change the pairs of the iteration that measured a bias)."""
+    tripped = [s for s in its if s.get("guardrail")]
+    mode = r.guardrails.mode
+    if not tripped:
+        return [f"Guardrails ({mode}): no check tripped.", ""]
+    out: list[str] = []
+    for s in tripped:
+        g, t = s["guardrail"], s["t"]
+        if out:
+            out.append("")
+        if g["action"] == "stop":
+            out.append(f"Guardrail in iteration {t}: {g['reason']}. Judge training stopped from iteration {t + 1} "
+                       f"on; the judge pairs of iteration {t}, which measured the bias, were still trained on.")
+        else:
+            out.append(f"Guardrail warning in iteration {t}: {g['reason']}. guardrails.mode is 'warn', so judge "
+                       f"training went on as planned (the paper trained the judge in iterations 1 and 2 whatever "
+                       f"its biases); set guardrails.mode: stop to end judge training after such an iteration.")
+    return [*out, ""]
+
+
 def _agreement_section(ev: dict | None) -> list[str]:
     """The self-judge's agreement with an external judge (the paper's agreement-with-GPT-4 table), when eval ran
     with ``--judge openai:…``."""
@@ -194,6 +215,16 @@ def render(recipe: Recipe, its: list[dict], ev: dict | None, figs: dict[str, str
            f"K={r.actor.n} responses × N={r.judge.n} judgments per iteration.", ""]
     if r.backends.generator == "fake":
         out += ["> Fake backend: these numbers exercise the bookkeeping, not learning.", ""]
+    pool = root / "iter_00" / "pool.json"
+    if pool.is_file():
+        p = json.loads(pool.read_text(encoding="utf-8"))
+        st = p.get("stats", {})
+        if p.get("mode") == "generate":
+            out += [f"Prompt pool: {st.get('kept')} prompts grown with `{p['model']}` from {p['seeds']['prompts']} "
+                    f"seed prompts ({p['shots']}-shot; {st.get('duplicate', 0)} duplicate and "
+                    f"{st.get('near_duplicate', 0)} near-duplicate tasks dropped; `iter_00/pool.json`).", ""]
+        else:
+            out += [f"Prompt pool: `{p.get('source')}` (`iter_00/pool.json`).", ""]
     out += ["## Iterations", "", *(_iteration_table(its) if its else ["_No iteration has run yet._", ""])]
     out += ["## Judge scores", "", "Share of judgments per (rounded) score. The paper sees the mean climb from "
             "about 4.1 towards 4.7 as the judge trains (Figure 5).", "", *_img(figs, "scores", "judge scores")]
@@ -202,14 +233,24 @@ def render(recipe: Recipe, its: list[dict], ev: dict | None, figs: dict[str, str
     out += ["## Parse rates", "", *_img(figs, "parse_rates", "parse rates")]
     out += ["## Preference pairs", "", *_img(figs, "pairs", "pairs")]
     out += ["## DPO training", "", *_img(figs, "training", "DPO loss and margins")]
-    out += ["## Meta-judge biases", "", "Positional bias: share of decided battles won by Judgment A (0.5 = none). "
-            "Score bias: share won by the higher-scored judgment (paper Table 5: 63 % → 98 %).", ""]
+    out += ["## Meta-judge biases", "",
+            "Positional bias (the paper's, Table 5): the share of \"A\" verdicts among decided battles whose two "
+            "judgments carry the same score (0.5 = none). Slot A, all battles: the same share over every decided "
+            "battle, which score differences dilute towards 0.5. Score bias: the share of decided battles between "
+            "differently scored judgments won by the higher-scored one (paper: 63 % → 98 %). Forced: verdicts whose "
+            "`Winner:` line the generator had to append.", ""]
     metas = [s for s in its if s["meta"]]
     if metas:
-        out += ["| iter | battles | decided | positional bias | score bias |", "|---|---|---|---|---|"]
-        out += [f"| {s['t']} | {s['meta']['battles']} | {_p(s['meta']['decision_rate'])} | "
-                f"{_p(s['meta']['positional_bias'], 1)} | {_p(s['meta']['score_bias'], 1)} |" for s in metas]
+        out += ["| iter | battles | decided | forced | positional bias | slot A, all battles | score bias | "
+                "slot A by score gap 0 / (0,1] / (1,2] / >2 |", "|---|---|---|---|---|---|---|---|"]
+        for s in metas:
+            m = s["meta"]
+            gaps = " / ".join(f"{_p(v['slot_a'])} ({v['battles']})" for v in m["positional_by_gap"].values())
+            out.append(f"| {s['t']} | {m['battles']} | {_p(m['decision_rate'])} | {_p(m['forced_share'], 1)} | "
+                       f"{_p(m['positional_bias'], 1)} | {_p(m['slot_a_share'], 1)} | {_p(m['score_bias'], 1)} | "
+                       f"{gaps} |")
         out += [""]
+    out += _guardrail_words(r, its)
     out += [*_img(figs, "meta_bias", "meta-judge biases")]
     out += _eval_section(ev, figs, root)
     out += _agreement_section(ev)

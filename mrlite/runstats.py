@@ -23,16 +23,18 @@ def meta_judge_biases(rd: RunDir, t: int) -> dict | None:
     """The meta-judge's positional and score bias in iteration ``t`` (paper Table 5), or None without battles.
 
     Returns:
-        ``{"battles", "decided", "forced", "decision_rate", "positional_bias", "score_bias"}``.
+        ``{"battles", "decided", "forced", "forced_share", "decision_rate", "positional_bias" (slot-A share among
+        equally scored battles), "slot_a_share" (all decided battles), "score_bias", "positional_by_gap"}``.
     """
     rows = _rows(rd.path(t, "meta_judgments.jsonl"), ("winner", "a_score", "b_score", "parsed_from"))
     if not rows:
         return None
     winners = [w for w, *_ in rows]
     return {"battles": len(rows), "decided": sum(w != 0 for w in winners),
-            "forced": sum(src == "forced" for *_, src in rows), "decision_rate": dg.decision_rate(winners),
-            "positional_bias": dg.positional_bias(winners),
-            "score_bias": dg.score_bias([(a, b, w) for w, a, b, _ in rows])}
+            "forced": sum(src == "forced" for *_, src in rows),
+            "forced_share": sum(src == "forced" for *_, src in rows) / len(rows),
+            "decision_rate": dg.decision_rate(winners),
+            **dg.meta_judge_bias([(a, b, w) for w, a, b, _ in rows])}
 
 
 def iteration_stats(rd: RunDir, t: int) -> dict:
@@ -42,7 +44,7 @@ def iteration_stats(rd: RunDir, t: int) -> dict:
         ``{"t", "prompts", "response_chars": [...], "scores": [...], "histogram", "mean_score",
         "judge_parse": {"text", "forced", "null", "total"}, "meta": meta_judge_biases(...),
         "pairs": {"actor", "judge", "actor_chosen", "actor_rejected", "judge_chosen", "judge_rejected"},
-        "train": [metric rows], "length_score_corr"}``.
+        "train": [metric rows], "length_score_corr", "guardrail": {"reason", "action"} or None}``.
     """
     resp = _rows(rd.path(t, "responses.jsonl"), ("response_id", "chars"))
     judg = _rows(rd.path(t, "judgments.jsonl"), ("response_id", "score", "parsed_from"))
@@ -73,7 +75,16 @@ def iteration_stats(rd: RunDir, t: int) -> dict:
         "train": train,
         "length_score_corr": dg.length_score_correlation([c for c, _ in scored], [m for _, m in scored])
         if scored else None,
+        "guardrail": _guardrail(rd, t),
     }
+
+
+def _guardrail(rd: RunDir, t: int) -> dict | None:
+    """``{"reason", "action"}`` when a guardrail tripped in iteration ``t`` (from its pairs marker), else None."""
+    summary = (rd.read_marker(t, "pairs") or {}).get("summary", {})
+    if not summary.get("guardrail"):
+        return None
+    return {"reason": summary["guardrail"], "action": summary.get("guardrail_action", "stop")}
 
 
 def run_iterations(rd: RunDir) -> list[int]:

@@ -70,13 +70,19 @@ def _read_rows(spec: str, split: str, revision: str | None = None) -> tuple[list
         raise SourceError(f"{p}: unsupported file type {suffix!r}; use .jsonl, .csv or .parquet")
     if p.is_dir():
         return _dir_rows(p, split)
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", spec) and not spec.endswith((".jsonl", ".csv", ".parquet", ".json")):
+    if is_hub_id(spec):
         kw = {"revision": revision} if revision else {}
         return _datasets_rows(spec, split, hub=True, **kw), f"hub:{spec}:{split}" + (f"@{revision}" if revision else "")
     raise SourceError(
         f"data source {spec!r} not found: tried a local file or folder {str(p.resolve())!r} and a Hub dataset id "
         "(owner/name); use 'builtin', a .jsonl/.csv/.parquet path or a Hub id"
     )
+
+
+def is_hub_id(spec: str) -> bool:
+    """``owner/name`` that is not a data-file name: read with ``datasets`` (when no such local path exists)."""
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", spec) is not None and not spec.endswith(
+        (".jsonl", ".csv", ".parquet", ".json"))
 
 
 def _starts_with_bracket(p: Path) -> bool:

@@ -14,16 +14,27 @@ from mrlite.stages import STAGES, StageContext, stage_iterations, state
 
 
 def _detail(stage: str, s: dict) -> str:
+    if stage == "prompts" and s.get("stats") is not None:
+        st = s["stats"]
+        if s.get("mode") == "generate":
+            return (f"grown with {s['model']} ({st.get('requests', 0)} requests; {st.get('duplicate', 0)} duplicate, "
+                    f"{st.get('near_duplicate', 0)} near-duplicate dropped)")
+        return f"from {s.get('source')}"
     if stage == "judge" and s.get("judgments"):
         n = s["judgments"]
         mean = s.get("mean_score")
         return (f"parsed {100 * (n - s['unparsable']) / n:.0f}% (forced {100 * s['parsed_forced'] / n:.0f}%)"
                 + (f", mean {mean:.2f}" if mean is not None else ""))
     if stage == "meta_judge" and s.get("battles"):
-        pb = s.get("positional_bias")
-        return f"undecided {100 * s['undecided'] / s['battles']:.0f}%" + (f", slot A {100 * pb:.0f}%" if pb is not None else "")
+        pb, sb = s.get("positional_bias"), s.get("score_bias")
+        return (f"undecided {100 * s['undecided'] / s['battles']:.0f}%, forced "
+                f"{100 * s.get('parsed_forced', 0) / s['battles']:.0f}%"
+                + (f", positional bias {100 * pb:.0f}%" if pb is not None else "")
+                + (f", score bias {100 * sb:.0f}%" if sb is not None else ""))
     if stage == "pairs":
-        return f"{s.get('actor_pairs', 0)} actor + {s.get('judge_pairs', 0)} judge"
+        g = s.get("guardrail")
+        note = "" if not g else (f"; guardrail {'stops judge training from the next iteration' if s.get('guardrail_action') == 'stop' else 'warned'}")
+        return f"{s.get('actor_pairs', 0)} actor + {s.get('judge_pairs', 0)} judge{note}"
     if stage in ("train", "eft") and s.get("last_loss") is not None:
         return f"loss {s['last_loss']:.4f}"
     return ""

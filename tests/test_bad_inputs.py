@@ -95,6 +95,13 @@ CASES: list[Case] = [
     ("recipe is a list", _recipe_file("- a\n- b\n"), "top level must be a mapping"),
     ("missing model.base", _recipe_file("name: x\nmodel: {}\n"), "model.base: required field is missing"),
     ("fake/real mismatch", _run("backends.trainer=trl"), "both be 'fake'"),
+    ("extends cycle", lambda tmp: (_write(tmp / "b.yaml", "extends: r.yaml\nname: b\n"),
+                                   _recipe_file("extends: b.yaml\nname: r\n")(tmp))[1],
+     "extends chain has a cycle"),
+    ("extends unknown parent", _recipe_file("extends: papr\nname: r\n"), "extends 'papr': no such recipe"),
+    ("prompt file and growing", _run("data.generate.n=100"), "names both a prompt source (prompts: builtin)"),
+    ("growing target below the iterations", _run("data.prompts=generate", "data.generate.n=20"),
+     "data.generate.n is 20, but iteration 2 starts at prompt 25"),
     # data
     ("prompt file missing", _run("data.prompts={tmp}/none.jsonl"), "not found"),
     ("empty JSONL", _with_file("p.jsonl", "", "data.prompts={tmp}/p.jsonl"), "no rows"),

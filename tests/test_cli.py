@@ -160,13 +160,13 @@ def test_run_bad_key_is_one_line(tmp_path: Path) -> None:
 
 def test_run_missing_recipe(tmp_path: Path) -> None:
     msg = assert_one_line_error(invoke("run", "recipes/smok.yaml", "--out", str(tmp_path / "run")))
-    assert "did you mean recipes/smoke.yaml?" in msg
+    assert "did you mean smoke (recipes/smoke.yaml)?" in msg
 
 
 def test_run_iter_out_of_range(tmp_path: Path) -> None:
     out = tmp_path / "run"
     msg = assert_one_line_error(invoke("run", SMOKE, "--iter", "7", "--out", str(out), "-q"))
-    assert "--iter 7 is outside this recipe's iterations 1..2" in msg
+    assert "--iter 7 is outside this recipe's iterations 0..2" in msg
     assert not out.exists()
     # without -q the resolved recipe is echoed first, but the error is still one line, and the last one
     r = invoke("run", SMOKE, "--iter", "7", "--out", str(out))
@@ -195,16 +195,16 @@ def test_run_then_status(tmp_path: Path) -> None:
     assert "judge  iter 1:" in r.stderr
     assert "unparsable" in r.stderr
     assert "train  iter 2:" in r.stderr
-    assert r.stdout.strip().splitlines()[-1] == f"done: 10 stages ran, 0 cached → {out}"
+    assert r.stdout.strip().splitlines()[-1] == f"done: 11 stages ran, 0 cached → {out}"
 
     r = invoke("run", SMOKE, "--out", str(out), "-q")
     assert r.exit_code == 0
-    assert r.output.strip() == f"done: 0 stages ran, 10 cached → {out}"  # -q: nothing else
+    assert r.output.strip() == f"done: 0 stages ran, 11 cached → {out}"  # -q: nothing else
 
     r = invoke("status", str(out))
     assert r.exit_code == 0
     rows = [ln.split() for ln in lines(r.output)[1:]]
-    assert [(x[0], x[1], x[2]) for x in rows] == [
+    assert [(x[0], x[1], x[2]) for x in rows] == [("0", "prompts", "done")] + [
         (str(t), s, "done") for t in (1, 2) for s in ("sample", "judge", "meta_judge", "pairs", "train")]
     judge1 = next(x for x in rows if x[:2] == ["1", "judge"])
     n_judgments = sum(1 for _ in (out / "iter_01" / "judgments.jsonl").open())

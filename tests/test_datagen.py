@@ -114,7 +114,7 @@ def test_generate_prompts_dedups_and_filters():
     seeds = [f"Seed prompt number {i}?" for i in range(10)]
 
     def fn(req, k):
-        i = req.id.split(":")[-1]
+        i = req.id[1:]
         return (f"Brand new question {req.id}?</task>\n<task>seed PROMPT number 3?</task>\n<task>hi</task>\n"
                 f"<task>Shared follow-up question {int(i) % 2}?</task>")
 

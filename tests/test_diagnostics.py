@@ -16,8 +16,11 @@ from mrlite.diagnostics import (
     mean_score,
     pair_length_stats,
     parse_rate,
+    meta_judge_bias,
     positional_bias,
+    positional_bias_by_gap,
     score_bias,
+    slot_a_share,
     score_histogram,
     summarize_iteration,
 )
@@ -87,8 +90,32 @@ def test_score_histogram_custom_bins_and_json() -> None:
     ("winners", "expected"),
     [([1, 1, 1, -1], 0.75), ([1, 0, 0, -1], 0.5), ([-1, -1], 0.0), ([0, 0], None), ([], None)],
 )
-def test_positional_bias(winners: list[int], expected: float | None) -> None:
-    assert positional_bias(winners) == expected
+def test_slot_a_share(winners: list[int], expected: float | None) -> None:
+    assert slot_a_share(winners) == expected
+
+
+@pytest.mark.parametrize(
+    ("battles", "expected"),
+    [
+        # only equally scored, decided battles count: 2 A wins of 3
+        ([(4, 4, 1), (4.5, 4.5, 1), (3, 3, -1), (5, 3, -1), (2, 4, -1), (4, 4, 0), (None, 4, 1)], 2 / 3),
+        ([(4, 4.0000000001, 1)], 1.0),  # within 1e-9: equal
+        ([(5, 3, 1), (3, 5, 1)], None),  # no equally scored battle: undefined, not 100 %
+        ([], None),
+    ],
+)
+def test_positional_bias_is_the_slot_a_share_among_equal_scores(battles, expected) -> None:
+    assert positional_bias(battles) == expected
+
+
+def test_positional_bias_by_gap_and_all_numbers() -> None:
+    battles = [(4, 4, 1), (4, 4, -1), (4.5, 4, 1), (5, 4, 1), (3, 5, -1), (5, 2, 1), (1, 5, 1), (4, 3, 0)]
+    assert positional_bias_by_gap(battles) == {
+        "0": {"battles": 2, "slot_a": 0.5}, "(0,1]": {"battles": 2, "slot_a": 1.0},
+        "(1,2]": {"battles": 1, "slot_a": 0.0}, ">2": {"battles": 2, "slot_a": 1.0}}
+    out = meta_judge_bias(battles)
+    assert (out["positional_bias"], out["slot_a_share"]) == (0.5, 5 / 7)
+    assert out["score_bias"] == 4 / 5  # the higher-scored judgment won 4 of the 5 decided unequal battles
 
 
 @pytest.mark.parametrize(
@@ -167,8 +194,11 @@ def test_summarize_iteration() -> None:
     assert out["meta_judge"] == {
         "count": 4,
         "decision_rate": 0.75,
-        "positional_bias": 2 / 3,
+        "positional_bias": 0.0,  # the one equally scored battle went to B
+        "slot_a_share": 2 / 3,
         "score_bias": 0.5,
+        "positional_by_gap": {"0": {"battles": 1, "slot_a": 0.0}, "(0,1]": {"battles": 0, "slot_a": None},
+                              "(1,2]": {"battles": 2, "slot_a": 1.0}, ">2": {"battles": 0, "slot_a": None}},
     }
     assert out["actor_pairs"] == {"count": 1, "mean_chosen_len": 100.0, "mean_rejected_len": 200.0}
     assert "judge_pairs" not in out

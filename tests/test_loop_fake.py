@@ -22,6 +22,7 @@ from mrlite.rundir import read_jsonl
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "recipes" / "smoke.yaml"
 STAGES = ("sample", "judge", "meta_judge", "pairs", "train")
+SETUP = [(0, "prompts")]  # every run writes its prompt pool into iter_00 first
 
 ITER_FILES = {
     ".done/sample.json", ".done/judge.json", ".done/meta_judge.json", ".done/pairs.json", ".done/train.json",
@@ -31,6 +32,7 @@ ITER_FILES = {
     "model/lineage.json", "model/fake_model.txt",
 }
 TOP_FILES = {"recipe.yaml", "run.json", "log.txt", "timings.jsonl"}
+POOL_FILES = {".done/prompts.json", "pool.jsonl", "pool.json"}
 
 
 class _Records(logging.Handler):
@@ -79,12 +81,13 @@ def smoke(tmp_path_factory: pytest.TempPathFactory):
 def test_report_every_stage_ran(smoke) -> None:
     _, out, report, _ = smoke
     assert report.run_dir == out
-    assert report.steps == [(t, s, "ran") for t in (1, 2) for s in STAGES]
+    assert report.steps == [(0, "prompts", "ran")] + [(t, s, "ran") for t in (1, 2) for s in STAGES]
 
 
 def test_exact_files(smoke) -> None:
     _, out, _, _ = smoke
-    assert {p.name for p in out.iterdir()} == TOP_FILES | {"iter_01", "iter_02"}  # no iter_00 (EFT off), no .lock
+    assert {p.name for p in out.iterdir()} == TOP_FILES | {"iter_00", "iter_01", "iter_02"}  # no .lock
+    assert files_under(out / "iter_00") == POOL_FILES  # EFT off: the prompt pool only
     for t in (1, 2):
         assert files_under(out / f"iter_{t:02d}") == ITER_FILES
 
@@ -107,7 +110,7 @@ def test_run_files(smoke) -> None:
     info = json.loads((out / "run.json").read_text())
     assert (info["recipe_name"], info["seed"], info["mrlite_version"]) == ("smoke", 0, mrlite.__version__)
     timings = read_jsonl(out / "timings.jsonl")
-    assert [(x["iter"], x["stage"]) for x in timings] == [(t, s) for t in (1, 2) for s in STAGES]
+    assert [(x["iter"], x["stage"]) for x in timings] == SETUP + [(t, s) for t in (1, 2) for s in STAGES]
     assert all(x["seconds"] >= 0 for x in timings)
     log_txt = (out / "log.txt").read_text()
     assert "judge  iter 1:" in log_txt and "train  iter 2:" in log_txt
@@ -304,7 +307,7 @@ def test_fake_loop_imports_no_torch(tmp_path: Path) -> None:
 def test_meta_judge_off(run_dir: Path) -> None:
     recipe = mrlite.load_recipe(SMOKE, ["meta_judge.enabled=false"])
     report, _ = run_logged(recipe, run_dir)
-    assert [(t, s) for t, s, st in report.steps if st == "ran"] == [
+    assert [(t, s) for t, s, st in report.steps if st == "ran"] == SETUP + [
         (t, s) for t in (1, 2) for s in STAGES if s != "meta_judge"]
     for t in (1, 2):
         d = run_dir / f"iter_{t:02d}"

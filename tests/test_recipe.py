@@ -195,8 +195,8 @@ def test_set_cannot_rescue_a_list_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("path", "fragment"), [
-    ("recipes/smok.yaml", "recipe file not found: recipes/smok.yaml; did you mean recipes/smoke.yaml?"),
-    ("smok", "recipe file not found: smok; did you mean recipes/smoke.yaml?"),
+    ("recipes/smok.yaml", "recipe file not found: recipes/smok.yaml; did you mean smoke (recipes/smoke.yaml)?"),
+    ("smok", "recipe file not found: smok; did you mean smoke (recipes/smoke.yaml)?"),
     ("zzzzqqq.yaml", "recipe file not found: zzzzqqq.yaml; bundled: "),
 ])
 def test_missing_file(path: str, fragment: str) -> None:
@@ -234,3 +234,76 @@ def test_recipe_yaml_round_trip_keeps_every_value(path, tmp_path):
     p.write_text(r.to_yaml(), encoding="utf-8")
     again = load_recipe(p)
     assert json.dumps(again.model_dump(mode="json"), sort_keys=True) == json.dumps(r.model_dump(mode="json"), sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------------------- extends
+
+
+def _write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_ablations_are_overlays_of_paper() -> None:
+    paper = load_recipe("paper").model_dump()
+    for name, changed in (("self_rewarding_lc", {("meta_judge", "enabled"): False}),
+                          ("no_length_control", {("pairs", "rho"): [0.0]})):
+        child = load_recipe(name).model_dump()
+        assert child["name"] == name
+        for (sec, key), value in changed.items():
+            assert child[sec][key] == value
+            child[sec][key] = paper[sec][key]
+        child["name"] = "paper"
+        assert child == paper
+        assert len((REPO / "recipes" / f"{name}.yaml").read_text().split("\nextends:")[1].splitlines()) <= 5
+
+
+def test_extends_merges_mappings_and_replaces_lists(tmp_path: Path) -> None:
+    _write(tmp_path / "base.yaml", {"name": "base", "model": {"base": "fake", "max_model_len": 1024},
+                                    "pairs": {"rho": [0.0, 0.3]}, "backends": {"generator": "fake", "trainer": "fake"}})
+    child = _write(tmp_path / "child.yaml", {"extends": "base.yaml", "name": "child", "model": {"max_model_len": 512},
+                                             "pairs": {"rho": [0.1]}})
+    r = load_recipe(child, ["actor.n=3"])
+    assert (r.name, r.model.base, r.model.max_model_len, r.pairs.rho, r.actor.n) == ("child", "fake", 512, [0.1], 3)
+    assert "extends" not in r.to_yaml()
+
+
+def test_extends_does_not_inherit_the_name(tmp_path: Path) -> None:
+    child = _write(tmp_path / "child.yaml", {"extends": "smoke", "actor": {"n": 3}})
+    with pytest.raises(RecipeError, match=r"child.yaml: name: required field is missing"):
+        load_recipe(child)
+
+
+def test_extends_cycle_is_one_line(tmp_path: Path) -> None:
+    _write(tmp_path / "a.yaml", {"extends": "b.yaml", "name": "a"})
+    _write(tmp_path / "b.yaml", {"extends": "a.yaml", "name": "b"})
+    with pytest.raises(RecipeError) as e:
+        load_recipe(tmp_path / "a.yaml")
+    msg = str(e.value)
+    assert "\n" not in msg and "extends chain has a cycle" in msg and "remove one extends line" in msg
+
+
+def test_extends_unknown_parent_is_one_line(tmp_path: Path) -> None:
+    child = _write(tmp_path / "c.yaml", {"extends": "papr", "name": "c"})
+    with pytest.raises(RecipeError) as e:
+        load_recipe(child)
+    assert str(e.value) == f"{child}: extends 'papr': no such recipe file or bundled recipe; did you mean paper?"
+
+
+def test_extends_depth_is_bounded(tmp_path: Path) -> None:
+    _write(tmp_path / "r0.yaml", {"name": "r0", "model": {"base": "fake"}})
+    for i in range(1, 12):
+        _write(tmp_path / f"r{i}.yaml", {"extends": f"r{i - 1}.yaml", "name": f"r{i}"})
+    with pytest.raises(RecipeError, match="extends chain is deeper than 8 recipes; flatten it"):
+        load_recipe(tmp_path / "r11.yaml")
+
+
+def test_prompt_source_and_growing_exclude_each_other() -> None:
+    with pytest.raises(RecipeError) as e:
+        load_recipe("paper", ["data.prompts=my.jsonl", "data.generate.n=100"])
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "data: names both a prompt source (prompts: my.jsonl) and the growing method (generate)" in msg
+    # a paper-family recipe takes a file instead of growing with one override
+    assert load_recipe("paper", ["data.prompts=my.jsonl"]).data.growing() is None
+    assert load_recipe("paper").data.growing().n == 20000

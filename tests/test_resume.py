@@ -19,7 +19,7 @@ from mrlite.rundir import VOLATILE_FILES, RunDirError
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "recipes" / "smoke.yaml"
 STAGES = ("sample", "judge", "meta_judge", "pairs", "train")
-ALL_STEPS = [(t, s) for t in (1, 2) for s in STAGES]
+ALL_STEPS = [(0, "prompts")] + [(t, s) for t in (1, 2) for s in STAGES]
 VOLATILE = set(VOLATILE_FILES)
 # iter_02's adapter_config.json records the path of iter_01/model (and the train marker its fingerprint), so
 # runs compared across directories use the same relative --out from different working directories.
@@ -119,8 +119,8 @@ def test_refused_run_keeps_recipe_yaml(done: Path) -> None:
 def test_force_recomputes_the_stale_stage_and_what_follows(done: Path) -> None:
     recipe = mrlite.load_recipe(SMOKE, ["judge.n=4"])
     report = mrlite.run(recipe, out=done, force=True)
-    assert cached(report) == [(1, "sample")]
-    assert ran(report) == ALL_STEPS[1:]  # iteration 2 too: M_1 changed
+    assert cached(report) == [(0, "prompts"), (1, "sample")]
+    assert ran(report) == ALL_STEPS[2:]  # iteration 2 too: M_1 changed
     n_resp = len((done / "iter_01" / "responses.jsonl").read_text().splitlines())
     assert len((done / "iter_01" / "judgments.jsonl").read_text().splitlines()) == 4 * n_resp
     assert mrlite.load_recipe(done / "recipe.yaml").judge.n == 4
@@ -232,7 +232,7 @@ def test_killed_stage_resumes_from_its_chunks(tmp_path: Path) -> None:
 
     p = run_cli("run", killed)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.strip() == "done: 9 stages ran, 1 cached → run"
+    assert p.stdout.strip() == "done: 9 stages ran, 2 cached → run"
     assert "judge: resumed, 2 of 3 chunks were already written" in (killed / "run" / "log.txt").read_text()
 
     assert run_cli("run", clean).returncode == 0

@@ -121,6 +121,18 @@ def test_force_regex_score_range() -> None:
     assert rx.fullmatch("x Score: 3") and not rx.fullmatch("x Score: 4") and not rx.fullmatch("x Score: 0")
 
 
+@pytest.mark.parametrize("value", ["4.5", "3.75", "0.5", "5.0", "4", "5", "2.25"])
+def test_force_regex_allows_decimal_scores_the_parser_reads(value) -> None:
+    text = f"Good answer.\nScore: {value}"
+    assert re.compile(force_regex("score", (0.0, 5.0))).fullmatch(text)
+    assert parse_score(text) == float(value)
+
+
+@pytest.mark.parametrize("value", ["5.5", "6", "4.125", "4.", "-1"])
+def test_force_regex_rejects_out_of_range_and_odd_forms(value) -> None:
+    assert not re.compile(force_regex("score", (0.0, 5.0))).fullmatch(f"x\nScore: {value}")
+
+
 def char_encode(text: str) -> list[int]:
     return [ord(c) for c in text]
 
@@ -319,8 +331,13 @@ def test_forced_completion_on_token_ids(fake_vllm) -> None:
     # prompt ids + the completion's own ids (its stop token dropped) + the label's tokens; never a text prompt
     assert prompts == [{"prompt_token_ids": prompt + char_encode("I like it a lot") + char_encode("\nScore: ")}]
     (p,) = params
-    assert p.max_tokens == 1 and p.temperature == 0.0 and p.n == 1
+    # the shared rule: sampled at the role's temperature with a per-row seed (argmax only at temperature 0)
+    assert p.max_tokens == 1 and p.temperature == SAMPLING.temperature and p.top_p == 1.0 and p.n == 1
+    assert isinstance(p.seed, int)
     assert p.allowed_token_ids == [ord(str(d)) for d in range(6)]
+    g.generate([req], Sampling(0.0, 1.0, 64))
+    greedy = FakeLLM.instances[0].generate_calls[-1][1][0]
+    assert greedy.temperature == 0.0 and greedy.seed is None
     assert parse_score(row[1].text) == 5.0
 
 

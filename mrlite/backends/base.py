@@ -36,7 +36,8 @@ class GenRequest:
         n: Number of completions wanted.
         seed: Per-request seed (derived from run seed, iteration, stage and ``id``), so the rows do not depend
             on batch composition.
-        role: ``actor``, ``judge`` or ``meta_judge`` (the fake backend scripts its answer from it).
+        role: ``actor``, ``judge``, ``meta_judge``, ``eval`` or ``prompts`` (writing new tasks; the fake backend
+            scripts its answer from it).
         force: When set and a completion does not parse, the generator appends the label (``Score: `` or
             ``Winner: Judgement ``) and picks the most likely allowed continuation (forced completion).
     """
@@ -45,7 +46,7 @@ class GenRequest:
     messages: list[Message]
     n: int
     seed: int
-    role: Literal["actor", "judge", "meta_judge", "eval"] = "actor"
+    role: Literal["actor", "judge", "meta_judge", "eval", "prompts"] = "actor"
     force: Force = None
 
 

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import re
 import shutil
 import struct
 from pathlib import Path
 
 from mrlite.backends.base import Completion, GenRequest, Sampling, TrainResult
+from mrlite.backends.forcing import pick_choice, score_values
 from mrlite.parsing import SCORE_LABEL, WINNER_LABEL, has_score, has_winner
 from mrlite.recipe import Recipe
 from mrlite.rundir import atomic_write_json, atomic_write_text, hash_parts, iter_jsonl, model_identity, sha256_file
@@ -28,6 +30,13 @@ from mrlite.rundir import atomic_write_json, atomic_write_text, hash_parts, iter
 _WORDS = ["clear", "concise", "helpful", "answer", "detail", "example", "step", "reason", "because", "therefore", "first", "second", "finally", "note", "consider", "simple", "careful", "context", "summary", "point", "idea", "result", "method", "check", "useful", "further", "overall"]
 
 
+_OPENERS = ["How do I", "Explain", "Write a short story about", "What is the difference between", "Give me tips on",
+            "Summarize", "Why does", "Compare", "Plan a trip with", "Write a poem about", "Help me understand",
+            "List three facts about"]
+_SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "ze", "po", "da", "fe", "gi", "hu", "ja", "ko", "le",
+              "mo", "nu", "pi", "qua", "ri", "so", "tu", "ve", "wo", "xi", "ya", "zu", "bre", "cla", "dro", "fli",
+              "gra", "ple", "sta", "tri", "blo", "cre", "spa"]
+_SHOT_RE = re.compile(r"<task>(.*?)</task>", re.DOTALL)
 # The two answers of eval's pairwise judge prompt (mrlite/templates/eval_pairwise.txt).
 _PAIRWISE_RE = re.compile(r"\[The Start of Answer A\]\n(.*)\n\[The End of Answer A\].*"
                           r"\[The Start of Answer B\]\n(.*)\n\[The End of Answer B\]", re.S)
@@ -63,6 +72,25 @@ class FakeGenerator:
         n = 6 + int(_u(self.seed, self.model, rid, "len") * 60)
         words = [_WORDS[int(_u(self.seed, rid, i) * len(_WORDS))] for i in range(n)]
         return f"Answer ({rid}): " + " ".join(words) + "."
+
+    def _tasks(self, req: GenRequest) -> str:
+        """A few-shot prompt's continuation: 2-5 new tasks, now and then a copy (or a near copy) of one of the
+        shown examples, an empty or a too-short one, as real models do."""
+        shots = _SHOT_RE.findall(req.messages[-1]["content"])
+        rng = random.Random(int(_u(self.seed, self.model, req.id, "tasks") * 2**53))
+        tasks = []
+        for _ in range(rng.randint(2, 5)):
+            u = rng.random()
+            if u < 0.04 and shots:
+                tasks.append(rng.choice(shots))
+            elif u < 0.08 and shots:
+                tasks.append(rng.choice(shots) + " please")
+            elif u < 0.10:
+                tasks.append("Hi")
+            else:
+                words = ["".join(rng.choices(_SYLLABLES, k=rng.randint(2, 3))) for _ in range(rng.randint(4, 12))]
+                tasks.append(f"{rng.choice(_OPENERS)} {' '.join(words)}?")
+        return " " + "</task>\n<task>".join(tasks) + "</task>"
 
     def _quality(self, rid: str) -> float:
         return self.low + (self.high - self.low) * _u(self.seed, self.model, rid, "quality")
@@ -110,6 +138,10 @@ class FakeGenerator:
             comps = []
             for k in range(req.n):
                 rid = f"{req.id}:{k}" if req.role == "actor" else req.id
+                if req.role == "prompts":
+                    text = self._tasks(req) if k == 0 else self._tasks(GenRequest(f"{req.id}:{k}", req.messages, 1, 0))
+                    comps.append(Completion(text, False, len(text.split())))
+                    continue
                 pair = _PAIRWISE_RE.search(req.messages[-1]["content"]) if req.role == "eval" else None
                 if pair:
                     text = self._pairwise(rid, k, pair.group(1), pair.group(2))
@@ -121,11 +153,19 @@ class FakeGenerator:
                     continue
                 text, _ = self._judge(rid, k) if req.role == "judge" else self._meta(rid, k)
                 forced = False
+                # Forced values follow the shared rule (forcing.pick_choice) on scripted logits: scores near the
+                # response's latent quality, the verdict towards the better judgment.
                 if req.force == "score" and not has_score(text, self.low, self.high):
-                    digit = int(self.low + (self.high - self.low) * _u(self.seed, rid, k, "forced"))
-                    text, forced = f"{text}\n{SCORE_LABEL}{digit}", True
+                    values = [int(v) for v in score_values((self.low, self.high))]
+                    q = self._quality(rid)
+                    pick = pick_choice([-((v - q) ** 2) for v in values], sampling.temperature,
+                                       _u(self.seed, rid, k, "forced"))
+                    text, forced = f"{text}\n{SCORE_LABEL}{values[pick]}", True
                 elif req.force == "winner" and not has_winner(text):
-                    text, forced = f"{text}\n{WINNER_LABEL}{'A' if _u(self.seed, rid, k, 'f') < 0.5 else 'B'}", True
+                    a, _, b = rid.partition("|")
+                    gap = _u(self.seed, self.model, a, "jq") - _u(self.seed, self.model, b, "jq")
+                    pick = pick_choice([3 * gap, -3 * gap], sampling.temperature, _u(self.seed, rid, k, "f"))
+                    text, forced = f"{text}\n{WINNER_LABEL}{'AB'[pick]}", True
                 comps.append(Completion(text, forced, len(text.split())))
             out.append(comps)
         return out

@@ -10,13 +10,15 @@ directory. Exercised by: ``mrlite run recipes/paper.yaml`` (needs a CUDA GPU and
 Forced completion (``GenRequest.force``), in two layers:
 
 1. With ``backends.vllm.structured_outputs: true`` the request is regex-constrained
-   (``StructuredOutputsParams(regex=...)``): free text that must end in ``Score: <d>`` / ``Winner: Judgement <A|B>``.
+   (``StructuredOutputsParams(regex=...)``): free text that must end in ``Score: <s>`` (an integer or a decimal
+   such as ``4.5`` inside ``judge.score_range``: what ``parse_score`` accepts) / ``Winner: Judgement <A|B>``.
    The model writes the label itself, so such rows count as parsed from text (``forced=False``).
 2. Any completion that still does not parse (it hit ``max_tokens`` first, or structured outputs are off) is
    continued at the token level: prompt ids + its own generated ids (trailing stop tokens dropped) + the tokens
-   of ``"\\n" + label``, one greedy step restricted to the allowed value tokens (``allowed_token_ids``). This is
-   the HF generator's rule (argmax over the allowed tokens after the label), done on token ids so the generated
-   text is never re-rendered through the chat template, and nothing is rendered to text and re-tokenised.
+   of ``"\\n" + label``, one step restricted to the allowed value tokens (``allowed_token_ids``), sampled at the
+   role's temperature with a per-row seed (argmax at temperature 0): the rule every backend follows
+   (``forcing.pick_choice``), done on token ids so the generated text is never re-rendered through the chat
+   template, and nothing is rendered to text and re-tokenised.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from typing import Any
 
 from mrlite.backends import BackendError
 from mrlite.backends.base import Completion, GenRequest, Message, Sampling
-from mrlite.backends.forcing import Forcing, forcing_tokens, score_values
+from mrlite.backends.forcing import Forcing, forcing_tokens, score_regex
 from mrlite.parsing import SCORE_LABEL, has_score, has_winner
 from mrlite.recipe import Recipe
+from mrlite.rundir import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +134,7 @@ def sampling_kwargs(req: GenRequest, sampling: Sampling, max_tokens: int, stop_i
 def force_regex(force: str, score_range: tuple[float, float]) -> str:
     """Free text that must end with a parseable label: the structured-outputs pattern for a forced request."""
     if force == "score":
-        return r"[\s\S]*" + _literal(SCORE_LABEL) + "(" + "|".join(score_values(score_range)) + ")"
+        return r"[\s\S]*" + _literal(SCORE_LABEL) + score_regex(score_range)
     if force == "winner":
         return r"[\s\S]*Winner: \[?Judge?ment [AB]\]?"
     raise ValueError(f"unknown force {force!r}; expected 'score' or 'winner'")
@@ -252,7 +255,7 @@ class VLLMGenerator:
         for seq in ids.values():  # the stop token ends the answer but is not part of it (as in the HF backend)
             while seq and seq[-1] in stops:
                 seq.pop()
-        forced = self._force(requests, prompt_ids, ids, texts)
+        forced = self._force(requests, prompt_ids, ids, texts, sampling)
         result, n_tokens = [], 0
         for i, r in enumerate(requests):
             row = []
@@ -317,8 +320,11 @@ class VLLMGenerator:
                 lambda s: self.tokenizer.encode(s, add_special_tokens=False), force, self.recipe.judge.score_range)
         return self._forcing[force]
 
-    def _force(self, requests, prompt_ids, ids, texts) -> dict[tuple[int, int], tuple[str, int]]:
-        """Forced label + value for completions that do not parse: one batched ``LLM.generate`` on token ids."""
+    def _force(self, requests, prompt_ids, ids, texts, sampling: Sampling) -> dict[tuple[int, int], tuple[str, int]]:
+        """Forced label + value for completions that do not parse: one batched ``LLM.generate`` on token ids.
+
+        The value is sampled among the allowed tokens at the role's temperature with a seed derived from the row
+        (argmax at temperature 0): the rule of ``forcing.pick_choice``, as in the HF and fake backends."""
         lo, hi = self.recipe.judge.score_range
         todo = []
         for (i, j), text in sorted(texts.items()):
@@ -331,8 +337,9 @@ class VLLMGenerator:
         for i, j in todo:
             f = self._forcing_for(requests[i].force)
             prompts.append({"prompt_token_ids": prompt_ids[i] + ids[(i, j)] + f.prefix})  # stop tokens dropped
-            params.append(self._vllm.SamplingParams(n=1, temperature=0.0, max_tokens=1,
-                                                    allowed_token_ids=list(f.choices)))
+            params.append(self._vllm.SamplingParams(
+                n=1, temperature=sampling.temperature, top_p=1.0, max_tokens=1, allowed_token_ids=list(f.choices),
+                seed=derive_seed(requests[i].seed, j, "forced") if sampling.temperature > 0 else None))
             forcings.append(f)
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         result = {}

@@ -22,12 +22,14 @@ from mrlite.rundir import RunDir, RunDirError, config_hash, fault_point, fingerp
 
 log = logging.getLogger(__name__)
 
-STAGES = ("eft_data", "eft", "sample", "judge", "meta_judge", "pairs", "train")
-"""Every stage, in order. ``eft_data`` and ``eft`` run once, as iteration 0; the others run in every iteration."""
-SEED_STAGES = ("eft_data", "eft")
-ITER_STAGES = tuple(s for s in STAGES if s not in SEED_STAGES)
+STAGES = ("prompts", "eft_data", "eft", "sample", "judge", "meta_judge", "pairs", "train")
+"""Every stage, in order. ``prompts`` (always), ``eft_data`` and ``eft`` (optional) run once, as iteration 0; the
+others run in every iteration."""
+SETUP_STAGES = ("prompts", "eft_data", "eft")
+"""The iteration-0 stages."""
+ITER_STAGES = tuple(s for s in STAGES if s not in SETUP_STAGES)
 GENERATION_STAGES = ("sample", "judge", "meta_judge")
-HEAVY_STAGES = ("eft_data", "eft", "sample", "judge", "meta_judge", "train")
+HEAVY_STAGES = ("prompts", "eft_data", "eft", "sample", "judge", "meta_judge", "train")
 
 
 class StageError(MrliteError, RuntimeError):
@@ -109,6 +111,8 @@ def module(stage: str) -> ModuleType:
 
 
 def stage_iterations(recipe: Recipe, stage: str) -> list[int]:
+    if stage == "prompts":
+        return [0]
     if stage == "eft":
         return [0] if recipe.eft.enabled else []
     if stage == "eft_data":

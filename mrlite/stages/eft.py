@@ -32,8 +32,12 @@ def outputs(ctx: StageContext) -> list[Path]:
 
 def config(ctx: StageContext) -> dict:
     r = ctx.recipe
-    return {"eft": r.eft.model_dump(mode="json"), "trainer": r.backends.trainer,
-            "model": r.model.model_dump(mode="json"), "seed": r.loop.seed}
+    # The trainers read train.load_in_4bit for EFT too (and unsloth passes train.trl_args to SFT as well).
+    cfg = {"eft": r.eft.model_dump(mode="json"), "trainer": r.backends.trainer,
+           "model": r.model.model_dump(mode="json"), "seed": r.loop.seed, "load_in_4bit": r.train.load_in_4bit}
+    if r.backends.trainer == "unsloth":
+        cfg["trl_args"] = r.train.trl_args
+    return cfg
 
 
 def run(ctx: StageContext) -> dict:

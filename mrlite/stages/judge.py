@@ -35,7 +35,7 @@ def outputs(ctx: StageContext) -> list[Path]:
 def config(ctx: StageContext) -> dict:
     r = ctx.recipe
     return {"judge": r.judge.model_dump(mode="json"), "policy": ctx.policy_fingerprint(), "seed": r.loop.seed,
-            "max_model_len": r.model.max_model_len, "generator": r.backends.generator,
+            "chunk_size": r.loop.chunk_size, "model": r.model.model_dump(mode="json"), "generator": r.backends.generator,
             "backend": r.backends.model_dump(mode="json")[r.backends.generator]}
 
 
@@ -76,7 +76,8 @@ def run(ctx: StageContext) -> dict:
     scores = [x["score"] for x in rows]
     n = len(rows)
     return {"n_in": len(responses), "n_out": n, "judgments": n, "parsed_text": st.get("text", 0),
-            "parsed_forced": st.get("forced", 0), "unparsable": st.get("null", 0),
+            "parsed_forced": st.get("forced", 0), "forced_share": round(st.get("forced", 0) / n, 4) if n else None,
+            "unparsable": st.get("null", 0),
             "responses_too_long": st.get("responses_too_long", 0),
             "mean_score": mean_score(scores), "histogram": score_histogram(scores)}
 

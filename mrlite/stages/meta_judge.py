@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from mrlite.backends.base import GenRequest
-from mrlite.diagnostics import positional_bias, score_bias
-from mrlite.fmt import pct
 from mrlite.battles import battle_schedule
+from mrlite.diagnostics import meta_judge_bias
+from mrlite.fmt import pct
 from mrlite.pairs import highest_variance
 from mrlite.parsing import parse_winner
 from mrlite.prompts import render_meta_judge, strip_score_line
@@ -32,11 +32,14 @@ def applies(ctx: StageContext) -> bool:
 
 
 def judge_training_stopped(ctx: StageContext) -> str | None:
-    """The guardrail that stopped judge training in an earlier iteration (from its pairs marker), if any."""
+    """The guardrail that stopped judge training in an earlier iteration (from its pairs marker), if any.
+
+    Only ``guardrails.mode: stop`` stops, and only from the iteration after the one that measured the bias."""
     for s in range(1, ctx.t):
         m = ctx.run.read_marker(s, "pairs")
-        if m and m.get("summary", {}).get("guardrail"):
-            return f"iteration {s}: {m['summary']['guardrail']}"
+        summary = (m or {}).get("summary", {})
+        if summary.get("guardrail") and summary.get("guardrail_action", "stop") == "stop":
+            return f"iteration {s}: {summary['guardrail']}"
     return None
 
 
@@ -51,7 +54,8 @@ def outputs(ctx: StageContext) -> list[Path]:
 def config(ctx: StageContext) -> dict:
     r = ctx.recipe
     return {"meta_judge": r.meta_judge.model_dump(mode="json"), "policy": ctx.policy_fingerprint(),
-            "seed": r.loop.seed, "max_model_len": r.model.max_model_len, "generator": r.backends.generator,
+            "seed": r.loop.seed, "chunk_size": r.loop.chunk_size, "model": r.model.model_dump(mode="json"),
+            "generator": r.backends.generator,
             "backend": r.backends.model_dump(mode="json")[r.backends.generator]}
 
 
@@ -122,14 +126,15 @@ def run(ctx: StageContext) -> dict:
     winners = [x["winner"] for x in rows]
     return {"n_in": len(units), "n_out": len(rows), "prompts": len(units), "no_selection": no_selection,
             "battles": len(rows), "undecided": sum(1 for w in winners if w == 0),
-            "parsed_forced": st.get("forced", 0), "battles_too_long": st.get("too_long", 0),
-            "positional_bias": positional_bias(winners),
-            "score_bias": score_bias([(x["a_score"], x["b_score"], x["winner"]) for x in rows])}
+            "parsed_forced": st.get("forced", 0), "forced_share": round(st.get("forced", 0) / len(rows), 4) if rows
+            else None, "battles_too_long": st.get("too_long", 0),
+            **meta_judge_bias([(x["a_score"], x["b_score"], x["winner"]) for x in rows])}
 
 
 def summary_line(t: int, s: dict) -> str:
     n = max(1, s["battles"])
     return (f"meta_judge iter {t}: {s['prompts']} prompts, {s['battles']} battles, {s['undecided']} undecided "
-            f"({100 * s['undecided'] / n:.1f}%), {s['parsed_forced']} forced, slot-A wins "
-            f"{pct(s['positional_bias'])}, higher-score wins {pct(s['score_bias'])}, "
+            f"({100 * s['undecided'] / n:.1f}%), {s['parsed_forced']} forced ({100 * s['parsed_forced'] / n:.1f}%), "
+            f"positional bias {pct(s['positional_bias'])} (slot A among equal scores; all battles "
+            f"{pct(s.get('slot_a_share'))}), higher-score wins {pct(s['score_bias'])}, "
             f"{s['no_selection']} prompts without a judge-pair candidate")

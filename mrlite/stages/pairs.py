@@ -43,7 +43,8 @@ def outputs(ctx: StageContext) -> list[Path]:
 
 def config(ctx: StageContext) -> dict:
     p, t = ctx.recipe.pairs, ctx.t
-    return {"guardrails": ctx.recipe.guardrails.model_dump(mode="json"),"rho": per_iter(p.rho, t), "length_unit": p.length_unit,
+    return {"guardrails": ctx.recipe.guardrails.model_dump(mode="json"), "rho": per_iter(p.rho, t),
+            "length_unit": p.length_unit,
             "max_chosen_chars": per_iter(p.max_chosen_chars, t),
             "judge_max_chosen_chars": per_iter(p.judge_max_chosen_chars, t), "judge_share_cap": p.judge_share_cap,
             "position_weights": ctx.recipe.meta_judge.position_weights, "meta": _meta_on(ctx),
@@ -146,13 +147,15 @@ def judge_pairs(ctx: StageContext, prompts, responses, judgments, metas, n_actor
 
 
 def guardrail(ctx: StageContext, judgments: list[dict], metas: list[dict]) -> str | None:
-    """Why judge training must stop at this iteration (recipe ``guardrails``), or None."""
+    """Which check of ``guardrails`` this iteration's meta-judge and judge trip (the first one), or None."""
     g = ctx.recipe.guardrails
-    pb = diagnostics.positional_bias([m["winner"] for m in metas])
+    battles = [(m["a_score"], m["b_score"], m["winner"]) for m in metas]
+    pb = diagnostics.positional_bias(battles)
     if g.max_positional_bias is not None and pb is not None and max(pb, 1 - pb) > g.max_positional_bias:
         return (f"meta-judge positional bias: slot {'A' if pb >= 0.5 else 'B'} won {100 * max(pb, 1 - pb):.0f}% "
-                f"of decided battles (> guardrails.max_positional_bias {g.max_positional_bias})")
-    sb = diagnostics.score_bias([(m["a_score"], m["b_score"], m["winner"]) for m in metas])
+                f"of decided battles between equally scored judgments "
+                f"(> guardrails.max_positional_bias {g.max_positional_bias})")
+    sb = diagnostics.score_bias(battles)
     if g.max_score_bias is not None and sb is not None and sb > g.max_score_bias:
         return (f"meta-judge score bias: the higher-scored judgment won {100 * sb:.0f}% of decided battles "
                 f"(> guardrails.max_score_bias {g.max_score_bias})")
@@ -172,14 +175,18 @@ def run(ctx: StageContext) -> dict:
     actor, ast = actor_pairs(ctx, prompts, responses, judgments)
     atomic_write_jsonl(ctx.path("pairs_actor.jsonl"), actor)
     judge, jst = ([], {"no_pair": 0, "too_long": 0, "capped": 0})
-    guard = None
+    guard = action = None
     if _meta_on(ctx):
         metas = read_jsonl(ctx.path("meta_judgments.jsonl"))
+        # The check never changes this iteration's pairs (the iteration that measured the bias): with
+        # guardrails.mode 'stop' it ends judge training from the NEXT iteration on (meta_judge.applies).
         guard = guardrail(ctx, judgments, metas)
-    if guard is not None:
-        log.warning("iter %d: judge training stopped from here on: %s", ctx.t, guard)
-    elif _meta_on(ctx):
         judge, jst = judge_pairs(ctx, prompts, responses, judgments, metas, len(actor))
+    if guard is not None:
+        action = ctx.recipe.guardrails.mode
+        then = (f"judge training stops from iteration {ctx.t + 1} on; this iteration's judge pairs are kept"
+                if action == "stop" else "guardrails.mode is 'warn', judge training goes on")
+        log.warning("iter %d: guardrail tripped: %s; %s", ctx.t, guard, then)
     atomic_write_jsonl(ctx.path("pairs_judge.jsonl"), judge)
     warn = ctx.recipe.guardrails.warn_judge_share
     total = len(actor) + len(judge)
@@ -197,7 +204,8 @@ def run(ctx: StageContext) -> dict:
 
     return {
         "n_in": len(prompts), "n_out": len(actor) + len(judge), "actor_pairs": len(actor),
-        "judge_pairs": len(judge), "guardrail": guard, "actor": ast, "judge": jst, "rho": config(ctx)["rho"],
+        "judge_pairs": len(judge), "guardrail": guard, "guardrail_action": action, "actor": ast, "judge": jst,
+        "rho": config(ctx)["rho"],
         "chosen_chars": _avg(actor, "chosen_chars"), "rejected_chars": _avg(actor, "rejected_chars"),
         "judge_chosen_chars": _avg(judge, "chosen_chars"),
         "length_score_corr": diagnostics.length_score_correlation(
@@ -207,7 +215,10 @@ def run(ctx: StageContext) -> dict:
 
 def summary_line(t: int, s: dict) -> str:
     a, j = s["actor"], s["judge"]
-    stop = f"; JUDGE TRAINING STOPPED: {s['guardrail']}" if s.get("guardrail") else ""
+    stop = ""
+    if s.get("guardrail"):
+        stop = (f"; GUARDRAIL: {s['guardrail']} → judge training stops from iteration {t + 1}"
+                if s.get("guardrail_action") == "stop" else f"; guardrail warning: {s['guardrail']}")
     return (f"pairs  iter {t}: {s['actor_pairs']} actor pairs (rho {s['rho']}, {a['no_pair']} prompts without a "
             f"pair, {a['too_long']} over the length cap; chosen {s['chosen_chars']} vs rejected "
             f"{s['rejected_chars']} chars), {s['judge_pairs']} judge pairs ({j['no_pair']} without, "

@@ -1,6 +1,7 @@
 """Stage ``sample`` (the actor): take this iteration's prompt slice and draw K responses per prompt.
 
-Algorithm.md Part A steps 1–2: disjoint slices of the shuffled pool, K seeded samples per prompt, exact
+Algorithm.md Part A steps 1–2: disjoint slices of the run's shuffled pool (``iter_00/pool.jsonl``, written by
+the ``prompts`` stage), K seeded samples per prompt, exact
 duplicates within a prompt (keep the first) and empty responses dropped and counted.
 Writes ``prompts.jsonl`` and ``responses.jsonl``. Exercised by: ``mrlite run recipes/smoke.yaml --only sample``.
 """
@@ -13,7 +14,6 @@ import numpy as np
 
 from mrlite.backends.base import GenRequest
 from mrlite.rundir import atomic_write_jsonl, derive_seed, read_jsonl
-from mrlite.sources import builtin_path, load_prompt_pool
 from mrlite.stages import StageContext, StageError
 from mrlite.stages._gen import generate_in_chunks, sampling_of
 
@@ -24,9 +24,7 @@ def applies(ctx: StageContext) -> bool:
 
 def inputs(ctx: StageContext) -> list[Path]:
     d = ctx.policy_dir()
-    src = ctx.recipe.data.prompts
-    files = [builtin_path("prompts.jsonl")] if src == "builtin" else ([Path(src)] if Path(src).is_file() else [])
-    return files + ([d / "lineage.json"] if d is not None else [])
+    return [ctx.run.path(0, "pool.jsonl")] + ([d / "lineage.json"] if d is not None else [])
 
 
 def outputs(ctx: StageContext) -> list[Path]:
@@ -36,19 +34,21 @@ def outputs(ctx: StageContext) -> list[Path]:
 def config(ctx: StageContext) -> dict:
     r = ctx.recipe
     return {
-        "data": r.data.model_dump(mode="json"), "actor": r.actor.model_dump(mode="json"),
+        "prompts_per_iteration": r.data.prompts_per_iteration, "shuffle": r.data.shuffle,
+        "actor": r.actor.model_dump(mode="json"), "chunk_size": r.loop.chunk_size,
         "model": r.model.model_dump(mode="json"), "policy": ctx.policy_fingerprint(), "seed": r.loop.seed,
         "generator": r.backends.generator, "backend": r.backends.model_dump(mode="json")[r.backends.generator],
     }
 
 
 def select_prompts(ctx: StageContext) -> tuple[list[dict], dict]:
-    """This iteration's slice of the shuffled pool (slices are disjoint across iterations)."""
+    """This iteration's slice of the run's shuffled pool (``iter_00/pool.jsonl``; slices are disjoint across
+    iterations)."""
     r = ctx.recipe
-    pool = load_prompt_pool(r.data.prompts, r.data.column, r.data.split, r.data.max_prompt_chars)
-    order = np.arange(len(pool.prompts))
+    pool = read_jsonl(ctx.run.path(0, "pool.jsonl"))
+    order = np.arange(len(pool))
     if r.data.shuffle:
-        order = np.random.default_rng(derive_seed(r.loop.seed, "pool")).permutation(len(pool.prompts))
+        order = np.random.default_rng(derive_seed(r.loop.seed, "pool")).permutation(len(pool))
     per = r.data.prompts_per_iteration
     lo, hi = (ctx.t - 1) * per, ctx.t * per
     if lo >= len(order):
@@ -57,8 +57,8 @@ def select_prompts(ctx: StageContext) -> tuple[list[dict], dict]:
             f"({per} each); add prompts, lower data.prompts_per_iteration or loop.iterations"
         )
     idx = order[lo:hi]
-    rows = [{"prompt_id": pool.ids[i], "prompt": pool.prompts[i]} for i in idx]
-    return rows, pool.stats | {"pool": len(order), "short_slice": max(0, hi - len(order))}
+    rows = [{"prompt_id": pool[i]["id"], "prompt": pool[i]["prompt"]} for i in idx]
+    return rows, {"pool": len(order), "short_slice": max(0, hi - len(order))}
 
 
 def run(ctx: StageContext) -> dict:
