@@ -19,6 +19,7 @@ def user_error_types() -> tuple[type[Exception], ...]:
     from mrlite.evaluate import EvalError
     from mrlite.loop import StageFailed
     from mrlite.models import ModelError
+    from mrlite.push import PushError
     from mrlite.recipe import RecipeError
     from mrlite.report import ReportError
     from mrlite.rundir import RunDirError
@@ -26,7 +27,7 @@ def user_error_types() -> tuple[type[Exception], ...]:
     from mrlite.stages import StageError
 
     return (RecipeError, RunDirError, StageError, StageFailed, BackendError, SourceError, ModelError,
-            EndpointError, EvalError, ReportError)
+            EndpointError, EvalError, ReportError, PushError)
 
 
 def user_errors(interrupted: str):
