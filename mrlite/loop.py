@@ -186,7 +186,9 @@ def _run_worker(run_dir: Path, t: int, stages: list[str], force: bool) -> None:
     if force:
         cmd.append("--force")
     log.debug("subprocess: %s", " ".join(cmd))
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    from mrlite.log import VERBOSITY_ENV, console_verbosity
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{VERBOSITY_ENV: str(console_verbosity())})
     rc = subprocess.call(cmd, env=env)
     if rc != 0:
         from mrlite.cli import WORKER_USER_ERROR

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from mrlite.backends.base import Completion, GenRequest, Sampling
+from mrlite.progress import StageProgress
 from mrlite.rundir import atomic_write_text, config_hash
 from mrlite.stages import StageContext, StageError, expected_marker_keys, fault_point
 
@@ -55,6 +56,8 @@ def generate_in_chunks(ctx: StageContext, stage: str, units: Sequence, build: Bu
     stats: Counter = Counter()
     n_chunks = (len(units) + size - 1) // size
     reused = 0
+    written = [len(units[ci * size:(ci + 1) * size]) for ci in range(n_chunks) if (parts / f"chunk_{ci:05d}.json").exists()]
+    progress = StageProgress(parts, f"iter {ctx.t} {stage}", len(units), done=sum(written), stage=stage, t=ctx.t)
     for ci in range(n_chunks):
         path = parts / f"chunk_{ci:05d}.json"
         if path.exists():
@@ -82,7 +85,9 @@ def generate_in_chunks(ctx: StageContext, stage: str, units: Sequence, build: Bu
         rows.extend(chunk_rows)
         stats.update(chunk_stats)
         log.debug("iter %d %s: chunk %d/%d written (%d rows)", ctx.t, stage, ci + 1, n_chunks, len(chunk_rows))
+        progress.advance(len(chunk_units), tokens=sum(c.n_tokens or 0 for out in outs for c in out or []))
         fault_point(f"{stage}:chunk")
+    progress.close()
     if reused:
         log.info("iter %d %s: resumed, %d of %d chunks were already written", ctx.t, stage, reused, n_chunks)
     if stats["requests"] and stats["too_long"] == stats["requests"]:
