@@ -25,6 +25,7 @@ from pathlib import Path
 
 from mrlite import __version__
 from mrlite.log import add_file_log
+from mrlite.track import log_stage
 from mrlite.recipe import Recipe, RecipeError
 from mrlite.rundir import RunDir, RunDirError, atomic_write_json, atomic_write_text
 from mrlite.stages import (
@@ -153,6 +154,9 @@ def _preflight(recipe: Recipe, rd: RunDir, steps: list[tuple[int, str]], force: 
             todo.append(s)
     if not todo:
         return
+    from mrlite.track import check_trackers
+
+    check_trackers(recipe)
     from mrlite import gpu
 
     # nvidia-smi only: the orchestrator never imports torch (and never creates a CUDA context).
@@ -266,6 +270,9 @@ def run(recipe: Recipe, out: str | Path | None = None, *, only: str | None = Non
                         report.steps.append((t, s, run_stage(ctx, s)))
                 finally:
                     ctx.close()
+            for _, s in group:  # judge health of each stage that just ran → the recipe's trackers
+                if s in todo:
+                    log_stage(recipe, rd.root, t, s)
         return report
     finally:
         if handler is not None:
