@@ -21,6 +21,7 @@ from pathlib import Path
 import click
 
 from mrlite import cards
+from mrlite.errors import MrliteError
 from mrlite.rundir import RunDir, RunDirError
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ RETRIES = 3
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 
 
-class PushError(RuntimeError):
+class PushError(MrliteError, RuntimeError):
     """A push problem a user can fix (no token, bad repo name, nothing to push, network). One line."""
 
 

@@ -23,13 +23,15 @@ import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from mrlite.errors import MrliteError
+
 MARKER_DIR = ".done"
 PARTS_DIR = ".parts"
 VOLATILE_FILES = ("log.txt", "run.json", "timings.jsonl", ".lock")
 """Files a resumed or repeated run may change; everything else must be byte-identical."""
 
 
-class RunDirError(RuntimeError):
+class RunDirError(MrliteError, RuntimeError):
     """A run-directory problem a user can fix (stale marker, held lock, corrupt file). One line."""
 
 
@@ -259,6 +261,11 @@ class RunDir:
                 continue
             return
         raise RunDirError(f"{lock}: could not take the run lock; delete the file if no run is active")
+
+    def is_locked(self) -> bool:
+        """True while a live process holds this run's lock (a run in progress)."""
+        holder = _read_lock(self.root / ".lock")
+        return bool(holder and _alive(holder))
 
     def release_lock(self) -> None:
         lock = self.root / ".lock"

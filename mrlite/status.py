@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mrlite.recipe import load_recipe
 from mrlite.progress import describe, read_progress
-from mrlite.rundir import RunDir, RunDirError, _alive, _read_lock
+from mrlite.rundir import RunDir, RunDirError
 from mrlite.stages import STAGES, StageContext, stage_iterations, state
 
 
@@ -48,8 +48,7 @@ def status_table(run_dir: Path) -> list[dict]:
     if not (rd.root / "recipe.yaml").exists():
         raise RunDirError(f"{run_dir}: not a run directory (no recipe.yaml); pass the --out of a run, e.g. runs/smoke")
     recipe = load_recipe(rd.root / "recipe.yaml")
-    holder = _read_lock(rd.root / ".lock")
-    live = bool(holder and _alive(holder))
+    live = rd.is_locked()
     out = []
     for t in range(recipe.loop.iterations + 1):
         ctx = StageContext(recipe, rd, t)
