@@ -20,12 +20,17 @@ _CONSOLE = "mrlite-console"
 VERBOSITY_ENV = "MRLITE_VERBOSITY"
 """Set by the orchestrator for its stage subprocesses, so they keep the console settings of ``mrlite run``."""
 
-_state: dict = {"stream": None, "verbosity": 0}
+_state: dict = {"stream": None, "verbosity": 0, "redirected": False}
 
 
 def console_stream():
     """Where mrlite's console lines and progress bars go (the terminal, even when fd 2 goes to log.txt)."""
     return _state["stream"] or sys.stderr
+
+
+def libraries_quiet() -> bool:
+    """True in a stage subprocess whose library output goes to log.txt (:func:`quiet_libraries`)."""
+    return bool(_state["redirected"])
 
 
 def console_verbosity() -> int:
@@ -82,6 +87,7 @@ def quiet_libraries(log_path: Path) -> bool:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+    _state["redirected"] = True
     return True
 
 
