@@ -51,10 +51,14 @@ class StageProgress:
         show = console_verbosity() >= 0 and _isatty(stream) and total > 0
         self.bar = None
         if show:
+            import shutil
+
             from tqdm.auto import tqdm
 
+            # A terminal that reports no size (some ptys, e.g. `script`) would make tqdm hide the bar (0 rows).
+            size = shutil.get_terminal_size(fallback=(100, 24))
             self.bar = tqdm(total=total, initial=done, file=stream, desc=label, unit=unit[:-1] or unit,
-                            leave=False, dynamic_ncols=True, mininterval=0,
+                            leave=False, ncols=min(size.columns or 100, 120), nrows=max(size.lines, 2), mininterval=0,
                             bar_format="{desc} {bar} {n_fmt}/{total_fmt} " + unit + " [{elapsed}<{remaining}{postfix}]")
         self._write()
 

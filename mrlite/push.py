@@ -71,10 +71,12 @@ def stage_model(rd: RunDir, t: int, repo: str, out: Path, *, adapter: bool = Fal
 
     model = rd.path(t, "model")
     src = rd.path(t, "adapter") if adapter else model
-    if rd.read_marker(t, "eft" if t == 0 else "train") is None or not (model / "lineage.json").is_file() \
-            or not src.is_dir():
-        have = [k for k in rd.iterations_present() if (rd.path(k, "model") / "lineage.json").is_file()]
-        raise PushError(f"{rd.root}: iteration {t} has no merged model (iter_{t:02d}/model) yet; "
+    needed = src / "adapter_config.json" if adapter else model / "lineage.json"
+    if rd.read_marker(t, "eft" if t == 0 else "train") is None or not needed.is_file():
+        rel = needed.relative_to(rd.path(t, ""))
+        have = [k for k in rd.iterations_present() if (rd.path(k, "") / rel).is_file()]
+        what = f"adapter (iter_{t:02d}/adapter)" if adapter else f"merged model (iter_{t:02d}/model)"
+        raise PushError(f"{rd.root}: iteration {t} has no {what} yet; "
                         + (f"iterations with one: {', '.join(map(str, have))}" if have else
                            "finish its train stage first (mrlite run RECIPE --out " + str(rd.root) + ")"))
     written = []
@@ -84,9 +86,10 @@ def stage_model(rd: RunDir, t: int, repo: str, out: Path, *, adapter: bool = Fal
             continue
         _place(p, out / rel)
         written.append(rel)
-    if adapter:
+    if adapter and (model / "lineage.json").is_file():
         _place(model / "lineage.json", out / "lineage.json")
         written.append("lineage.json")
+    if adapter:
         hub_base = cards.adapter_base(rd, t)
         cfg_path = out / "adapter_config.json"
         if hub_base and cfg_path.is_file():  # the run-relative base path means nothing on the Hub
