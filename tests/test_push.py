@@ -158,3 +158,18 @@ def test_upload_gives_up_after_retries_with_one_line(smoke_run, tmp_path):
     assert r.returncode == 1
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
     assert len(err) == 1 and "failed after 3 tries" in err[0] and "again" in err[0]
+
+
+def test_card_has_the_eval_numbers_of_its_iteration(smoke_run, tmp_path):
+    from mrlite.cards import model_card
+    from mrlite.rundir import RunDir
+
+    run = Path(shutil.copytree(smoke_run, tmp_path / "run"))
+    (run / "eval").mkdir()
+    comps = [{"t": 2, "base": 0, "win_rate": 0.625, "win_rate_ci": [0.5, 0.75], "lc_win_rate": 0.6, "consistency": 0.8,
+              "scored": 16}, {"t": 1, "base": 0, "win_rate": 0.1, "win_rate_ci": [0, 0.2], "lc_win_rate": 0.1,
+                              "consistency": 0.5, "scored": 16}]
+    (run / "eval" / "summary.json").write_text(json.dumps({"comparisons": comps}))
+    text = model_card(RunDir(run), 2, "me/x", adapter=False, plots=[], datasets=[])
+    assert "| M0 | 62.5% | 50.0%–75.0% | 60.0% | 80.0% | 16 |" in text and "10.0%" not in text
+    validate_card(text, "model")
