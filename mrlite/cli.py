@@ -94,7 +94,8 @@ def validate(recipe, sets):
 @click.argument("run_dir", type=click.Path())
 @_user_errors
 def status(run_dir):
-    """Show iterations × stages of RUN_DIR: done / stale / missing, rows, parse rates.
+    """Show iterations × stages of RUN_DIR: done / stale / missing, rows, parse rates; a stage in progress shows
+    "running" with prompts (or steps) done, tokens/s and its ETA from its last progress record.
 
     \b
     Examples:
