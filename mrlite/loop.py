@@ -26,7 +26,6 @@ from pathlib import Path
 from mrlite import __version__
 from mrlite.errors import WORKER_USER_ERROR, MrliteError
 from mrlite.log import add_file_log
-from mrlite.track import log_stage
 from mrlite.recipe import Recipe, RecipeError
 from mrlite.rundir import RunDir, RunDirError, atomic_write_json, atomic_write_text
 from mrlite.stages import (
@@ -39,6 +38,7 @@ from mrlite.stages import (
     stage_iterations,
     state,
 )
+from mrlite.track import log_stage
 
 log = logging.getLogger(__name__)
 
