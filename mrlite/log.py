@@ -38,12 +38,15 @@ def console_verbosity() -> int:
     return _state["verbosity"]
 
 
+GENERATOR_LOGGERS = ("mrlite.backends.hf", "mrlite.backends.vllm")
+
+
 class _BackendChatter(logging.Filter):
-    """Per-call backend lines ("hf generate: 16 sequences ...") go to log.txt only; the progress bar shows the
-    rate. Warnings and errors always reach the console."""
+    """The generators' per-call lines ("hf generate: 16 sequences ...") go to log.txt only; the stage's progress
+    bar shows the rate. Their warnings and errors always reach the console."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or not record.name.startswith("mrlite.backends")
+        return record.levelno >= logging.WARNING or not record.name.startswith(GENERATOR_LOGGERS)
 
 
 def setup_logging(verbosity: int = 0) -> None:
