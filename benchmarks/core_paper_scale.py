@@ -24,10 +24,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mrlite.diagnostics import mean_score
+from mrlite.battles import battle_schedule
 from mrlite.pairs import (
-    battle_schedule,
     highest_variance,
-    response_score,
     select_actor_pair,
     select_judge_pair,
     select_judge_pairs,
@@ -180,7 +180,7 @@ def main() -> None:
         per_response = [scores[i : i + N_JUDGMENTS] for i in range(0, len(scores), N_JUDGMENTS)]
         for p in range(n):
             resp = per_response[p * K_RESPONSES : (p + 1) * K_RESPONSES]
-            pair = select_actor_pair([response_score(s) for s in resp], list(resp_lengths[p]), RHO)
+            pair = select_actor_pair([mean_score(s) for s in resp], list(resp_lengths[p]), RHO)
             actor_pairs += pair is not None
         timing["actor_pairs"] += time.perf_counter() - t
 
@@ -211,15 +211,16 @@ def main() -> None:
             judgment_lengths.append([len(judge_texts[base + j]) for j in range(N_JUDGMENTS)])
         del judge_texts, meta_texts
 
-    # Steps 5c-5g, batched over all prompts.
+    # Steps 5c-5g, batched over all prompts; then the pairs stage's cap on the chosen judgment's length.
+    def capped(pairs: list) -> list:
+        return [None if p is None or n[p[0]] > MAX_CHOSEN_JUDGMENT else p
+                for p, n in zip(pairs, judgment_lengths, strict=True)]
+
     t = time.perf_counter()
-    judge_pairs = select_judge_pairs(rs, lengths=judgment_lengths, max_chosen_len=MAX_CHOSEN_JUDGMENT)
+    judge_pairs = capped(select_judge_pairs(rs))
     timing["judge_pairs"] = time.perf_counter() - t
     t = time.perf_counter()
-    single = [
-        select_judge_pair(r, lengths=n, max_chosen_len=MAX_CHOSEN_JUDGMENT)
-        for r, n in zip(rs, judgment_lengths, strict=True)
-    ]
+    single = capped([select_judge_pair(r) for r in rs])
     per_prompt_time = time.perf_counter() - t
     assert single == judge_pairs
 

@@ -11,8 +11,7 @@ import click
 
 from mrlite import __version__
 from mrlite.errors import WORKER_USER_ERROR, MrliteError, setup_cli_logging, user_errors
-
-STAGE_NAMES = ("eft", "sample", "judge", "meta_judge", "pairs", "train")
+from mrlite.stages import STAGES
 
 
 _user_errors = user_errors("Run the same command again to resume where it stopped.")
@@ -39,8 +38,8 @@ def cli():
 @click.argument("recipe")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe field (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<recipe name>).")
-@click.option("--only", type=click.Choice(STAGE_NAMES), help="Run only this stage.")
-@click.option("--from", "from_stage", type=click.Choice(STAGE_NAMES), help="Recompute from this stage on.")
+@click.option("--only", type=click.Choice(STAGES), help="Run only this stage.")
+@click.option("--from", "from_stage", type=click.Choice(STAGES), help="Recompute from this stage on.")
 @click.option("--iter", "iters", type=int, multiple=True, help="Restrict to iteration K (repeatable; 0 = EFT).")
 @click.option("--force", is_flag=True, help="Recompute stages whose inputs or settings changed.")
 @click.option("-v", "--verbose", count=True, help="More output (-vv for debug).")
@@ -179,7 +178,7 @@ def _register(module: str, attr: str) -> None:
 
 _register("mrlite.plan", "plan_cmd")
 _register("mrlite.doctor", "doctor_cmd")
-_register("mrlite.cli_eval", "data_group")
+_register("mrlite.cli_data", "data_group")
 _register("mrlite.cli_eval", "eval_cmd")
 _register("mrlite.cli_eval", "report_cmd")
 _register("mrlite.push", "push_cmd")

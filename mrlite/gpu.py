@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mrlite.backends import BackendError
+from mrlite.errors import MrliteError
 
 if TYPE_CHECKING:
     from mrlite.recipe import Recipe
@@ -32,7 +32,7 @@ CPU_RECIPE = "recipes/tiny.yaml"
 GIB = 1024**3
 
 
-class PreflightError(BackendError):
+class PreflightError(MrliteError, RuntimeError):
     """A GPU recipe cannot start on this machine. One line: what is wrong and what to run."""
 
 

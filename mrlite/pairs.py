@@ -3,12 +3,12 @@
 Implements design/algorithm.md Part A steps 3-5, i.e. Meta-Rewarding (Wu et al., arXiv 2407.19594):
 
 * steps 3-4, actor pairs (§2.1, incl. its length-control paragraph): a response's score is the mean of its
-  valid judge scores; chosen = the *shortest* response of the top score tier, rejected = the *longest* of the
+  valid judge scores (``diagnostics.mean_score``); chosen = the *shortest* response of the top score tier, rejected = the *longest* of the
   bottom tier, tiers set by ρ;
 * step 5, judge pairs (§2.2): the response with the highest judge-score variance; its judgments battle in both
   orders; wins are re-weighted against the meta-judge's positional bias (ω1, ω2); a Bradley-Terry ("Elo") fit
   ranks the judgments; chosen = best, rejected = worst;
-* beyond the paper: ``battle_schedule`` for a budgeted number of meta-judge calls per prompt.
+* which battles the meta-judge runs (step 5b, and budgets beyond the paper): ``mrlite.battles``.
 
 Everything here is pure (standard library + numpy), deterministic given its inputs and the ``rng`` passed in,
 and fast enough for paper scale (``python benchmarks/core_paper_scale.py``). Exercised by ``mrlite run``
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 
@@ -45,13 +44,11 @@ __all__ = [
     "ELO_TOL",
     "SCORE_TOL",
     "battle_matrix",
-    "battle_schedule",
     "bradley_terry",
     "highest_variance",
     "position_weights",
     "position_weights_from_counts",
     "position_win_counts",
-    "response_score",
     "select_actor_pair",
     "select_judge_pair",
     "select_judge_pairs",
@@ -74,27 +71,10 @@ def _valid(values: Sequence[float | None]) -> list[float]:
     return [float(v) for v in values if v is not None and not math.isnan(v)]
 
 
-def response_score(judge_scores: Sequence[float | None]) -> float | None:
-    """Score of one response: the mean of its valid judge scores (Part A step 3).
-
-    Args:
-        judge_scores: The parsed scores of the response's N judgments; ``None`` (unparseable) and NaN entries
-            are skipped, as the paper discards judgments that fail to parse (arXiv 2407.19594 §2.1).
-
-    Returns:
-        The mean, or ``None`` if no judgment was valid (the response then takes no part in pairing).
-    """
-    valid = _valid(judge_scores)
-    if not valid:
-        return None
-    return math.fsum(valid) / len(valid)
-
-
 def select_actor_pair(
     scores: Sequence[float | None],
     lengths: Sequence[int],
     rho: float,
-    max_chosen_len: int | None = None,
 ) -> tuple[int, int] | None:
     """Pick the actor preference pair of one prompt with the length-control rule (Part A step 4).
 
@@ -108,13 +88,12 @@ def select_actor_pair(
         scores: One score per response (mean of valid judge scores); ``None``/NaN = not scored, takes no part.
         lengths: One length per response (characters or tokens, as the recipe says).
         rho: The quality-tier parameter ρ ∈ [0, 0.5].
-        max_chosen_len: Drop the pair if the chosen response is longer than this (paper: 2,500 characters in
-            iteration 1). ``None`` = no cap.
 
     Returns:
         ``(chosen, rejected)`` indices into ``scores``, or ``None`` when fewer than two responses are scored,
-        all scores are equal, the chosen score is not strictly greater than the rejected one, or the chosen
-        response exceeds ``max_chosen_len``.
+        all scores are equal, or the chosen score is not strictly greater than the rejected one. The paper's cap
+        on the chosen response's length (2,500 characters in iteration 1) is the pairs stage's: it counts what
+        it drops.
 
     Raises:
         ValueError: If ρ is outside [0, 0.5] or ``scores`` and ``lengths`` differ in length.
@@ -138,8 +117,6 @@ def select_actor_pair(
     rejected, rejected_score = min(bottom, key=lambda t: (-lengths[t[0]], t[1], t[0]))
     # At ρ = 0.5 the tiers meet at the midpoint and can share a response: no pair then.
     if chosen_score - rejected_score <= SCORE_TOL:
-        return None
-    if max_chosen_len is not None and lengths[chosen] > max_chosen_len:
         return None
     return chosen, rejected
 
@@ -383,30 +360,17 @@ def bradley_terry(b: np.ndarray | Sequence[Sequence[float]], *, l2: float = BT_L
     return eps[0] if single else eps
 
 
-def _pick_pair(
-    eps: np.ndarray, lengths: Sequence[int] | None, max_chosen_len: int | None
-) -> tuple[int, int] | None:
+def _pick_pair(eps: np.ndarray) -> tuple[int, int] | None:
     hi, lo = float(eps.max()), float(eps.min())
     if hi - lo <= ELO_TOL:
         return None
     chosen = int(np.flatnonzero(eps >= hi - ELO_TOL)[0])
     rejected = int(np.flatnonzero(eps <= lo + ELO_TOL)[0])
-    if max_chosen_len is not None and lengths is not None and lengths[chosen] > max_chosen_len:
-        return None
     return chosen, rejected
-
-
-def _check_lengths(n: int, lengths: Sequence[int] | None, max_chosen_len: int | None) -> None:
-    if max_chosen_len is not None and lengths is None:
-        raise ValueError("max_chosen_len needs the judgments' lengths")
-    if lengths is not None and len(lengths) != n:
-        raise ValueError(f"lengths has {len(lengths)} entries for {n} judgments")
 
 
 def select_judge_pair(
     r: np.ndarray | Sequence[Sequence[int]],
-    lengths: Sequence[int] | None = None,
-    max_chosen_len: int | None = None,
     weights: tuple[float, float] | None = None,
 ) -> tuple[int, int] | None:
     """Pick the judge preference pair among one response's judgments (Part A steps 5c-5g).
@@ -418,32 +382,27 @@ def select_judge_pair(
 
     Args:
         r: ``n×n`` result matrix (``winner_matrix``); battles not run are 0.
-        lengths: Length of each judgment; needed only with ``max_chosen_len``.
-        max_chosen_len: Drop the pair if the chosen judgment is longer (paper: 1,100 characters in iteration 1,
-            1,000 in iteration 2) — the meta-judge favours verbose judgments.
         weights: ``(ω1, ω2)`` to use instead of this response's own (the recipe's ``position_weights: pooled``,
             from ``position_weights_from_counts`` over the iteration).
 
     Returns:
-        ``(chosen, rejected)`` judgment indices, or ``None`` if no battle had a winner, the fit is degenerate
-        (ε spread ≤ ``ELO_TOL``), or the chosen judgment is too long.
+        ``(chosen, rejected)`` judgment indices, or ``None`` if no battle had a winner or the fit is degenerate
+        (ε spread ≤ ``ELO_TOL``). The paper's cap on the chosen judgment's length (1,100 characters in iteration
+        1, 1,000 in iteration 2: the meta-judge favours verbose judgments) is the pairs stage's.
 
     Raises:
-        ValueError: For a malformed ``r``, ``lengths`` of the wrong size, or a cap without lengths.
+        ValueError: For a malformed ``r``.
     """
     arr = _check_r(r)
-    _check_lengths(arr.shape[0], lengths, max_chosen_len)
     w = position_weights_from_counts(*_win_counts(arr)) if weights is None else weights
     if w is None:
         return None
     eps = bradley_terry(_battle_matrix(arr, float(w[0]), float(w[1])))
-    return _pick_pair(eps, lengths, max_chosen_len)
+    return _pick_pair(eps)
 
 
 def select_judge_pairs(
     rs: Sequence[np.ndarray | Sequence[Sequence[int]]],
-    lengths: Sequence[Sequence[int] | None] | None = None,
-    max_chosen_len: int | None = None,
     weights: tuple[float, float] | None = None,
 ) -> list[tuple[int, int] | None]:
     """``select_judge_pair`` for many prompts at once, with the Bradley-Terry fits batched by size.
@@ -453,24 +412,18 @@ def select_judge_pairs(
 
     Args:
         rs: One result matrix per prompt (sizes may differ).
-        lengths: Per prompt, the judgments' lengths (or ``None``); required with ``max_chosen_len``.
-        max_chosen_len: Length cap on the chosen judgment, as in ``select_judge_pair``.
         weights: Pooled ``(ω1, ω2)`` for every prompt; ``None`` = each prompt's own.
 
     Returns:
         One ``(chosen, rejected)`` or ``None`` per prompt, in input order.
 
     Raises:
-        ValueError: As ``select_judge_pair``, or if ``lengths`` does not have one entry per prompt.
+        ValueError: As ``select_judge_pair``.
     """
-    if lengths is not None and len(lengths) != len(rs):
-        raise ValueError(f"lengths has {len(lengths)} entries for {len(rs)} prompts")
     out: list[tuple[int, int] | None] = [None] * len(rs)
     groups: dict[int, list[tuple[int, np.ndarray]]] = {}
     for p, r in enumerate(rs):
         arr = _check_r(r)
-        lens = None if lengths is None else lengths[p]
-        _check_lengths(arr.shape[0], lens, max_chosen_len)
         w = position_weights_from_counts(*_win_counts(arr)) if weights is None else weights
         if w is None:
             continue
@@ -478,67 +431,5 @@ def select_judge_pairs(
     for members in groups.values():
         eps = bradley_terry(np.stack([bm for _, bm in members]))
         for (p, _), e in zip(members, eps, strict=True):
-            out[p] = _pick_pair(e, None if lengths is None else lengths[p], max_chosen_len)
+            out[p] = _pick_pair(e)
     return out
-
-
-def _balanced_pairs(n: int, k: int) -> list[tuple[int, int]]:
-    """k unordered pairs of range(n) whose degrees differ by at most one (circulant construction)."""
-    # Distance class j = the pairs {v, v+j mod n}. For 2 <= j < n/2 a class has n pairs and adds 2 to every
-    # degree; for even n, j = n/2 is a perfect matching (adds 1); j = 1 is the Hamiltonian cycle, which can be
-    # cut anywhere in balance by taking alternate edges first. Whole classes first, the cycle last.
-    pairs: list[tuple[int, int]] = []
-    remaining = k
-    reserve = n + (n // 2 if n % 2 == 0 else 0) if n > 2 else 1  # what the matching + cycle can absorb
-    for j in range((n - 1) // 2, 1, -1):
-        if remaining <= reserve:
-            break
-        pairs += [(v, (v + j) % n) for v in range(n)]
-        remaining -= n
-    if n % 2 == 0 and n > 2 and remaining > n:
-        pairs += [(v, v + n // 2) for v in range(n // 2)]
-        remaining -= n // 2
-    if n == 2:
-        cycle = [0]
-    elif n % 2 == 0:
-        cycle = [*range(0, n, 2), *range(1, n, 2)]
-    else:  # odd n: the even edges leave v_{n-1} uncovered; the edge (v_{n-1}, v_0) covers it next
-        cycle = [*range(0, n - 1, 2), n - 1, *range(1, n - 1, 2)]
-    pairs += [(i, (i + 1) % n) for i in cycle[:remaining]]
-    return pairs
-
-
-def battle_schedule(n: int, budget: int | Literal["all"], rng: np.random.Generator) -> list[tuple[int, int]]:
-    """Which ordered pairs of judgments the meta-judge compares (Part A step 5b; budgets are beyond the paper).
-
-    ``"all"`` is the paper's design: every ordered pair (m, k), m ≠ k — n·(n−1) calls, 110 for n = 11.
-    An integer budget schedules ``budget // 2`` unordered pairs and returns both orders of each, so positional
-    bias still cancels pair by pair. The unordered pairs form an almost-regular graph — every player takes part
-    in ⌊2q/n⌋ or ⌈2q/n⌉ of the q pairs — built from circulant distance classes on the player circle, with the
-    players placed on that circle in the order ``rng.permutation(n)`` (one draw). A budget of at least n·(n−1)
-    is the full design.
-
-    Args:
-        n: Number of players (valid judgments).
-        budget: ``"all"`` or the maximum number of meta-judge calls for this prompt (≥ 2).
-        rng: Generator for the player placement (not used for ``"all"``, a budget covering all pairs, or n < 2).
-
-    Returns:
-        Ordered pairs ``(m, k)`` (m shown as "Judgment A"), sorted row-major; empty for n < 2.
-
-    Raises:
-        ValueError: For an integer budget below 2 or a string other than ``"all"``.
-    """
-    if isinstance(budget, str):
-        if budget != "all":
-            raise ValueError(f"budget must be 'all' or an integer >= 2, got {budget!r}")
-    elif isinstance(budget, bool) or not isinstance(budget, int | np.integer) or budget < 2:
-        raise ValueError(f"budget must be 'all' or an integer >= 2, got {budget!r}")
-    if n < 2:
-        return []
-    full = [(m, k) for m in range(n) for k in range(n) if m != k]
-    if budget == "all" or int(budget) >= n * (n - 1):
-        return full
-    place = rng.permutation(n)
-    unordered = [(int(place[a]), int(place[b])) for a, b in _balanced_pairs(n, int(budget) // 2)]
-    return sorted(unordered + [(b, a) for a, b in unordered])

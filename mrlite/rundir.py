@@ -161,10 +161,20 @@ def config_hash(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def hash_parts(*parts: object) -> bytes:
+    """SHA-256 of the parts' ``str`` forms joined by a unit separator: the one content key of seeds and caches."""
+    return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+
+
 def derive_seed(*parts: object) -> int:
     """A 63-bit seed from (run seed, iteration, stage, row id, ...): independent of call order and batching."""
-    h = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(h[:8], "big") >> 1
+    return int.from_bytes(hash_parts(*parts)[:8], "big") >> 1
+
+
+def model_identity(model_dir: Path) -> str:
+    """A merged model folder's identity: its ``lineage.json`` (adapter hashes) when present, else its content."""
+    lineage = model_dir / "lineage.json"
+    return fingerprint(lineage) if lineage.is_file() else fingerprint(model_dir)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -176,6 +186,24 @@ class RunDir:
 
     def __init__(self, root: Path):
         self.root = Path(root)
+
+    @classmethod
+    def existing(cls, run_dir: str | Path) -> RunDir:
+        """The run directory ``run_dir`` of a run that has started (it holds ``recipe.yaml``), for the commands
+        that read a run (status, eval, report).
+
+        Raises:
+            RunDirError: ``run_dir`` is not a run directory; the message names what to pass instead.
+        """
+        rd = cls(Path(run_dir))
+        if not rd.recipe_path.is_file():
+            raise RunDirError(f"{run_dir}: not a run directory (no recipe.yaml); pass the --out of a run, e.g. runs/smoke")
+        return rd
+
+    @property
+    def recipe_path(self) -> Path:
+        """The recipe the run was started with (written before its first stage)."""
+        return self.root / "recipe.yaml"
 
     def iter_dir(self, t: int) -> Path:
         return self.root / f"iter_{t:02d}"

@@ -129,8 +129,13 @@ def test_gpu_recipe_without_cuda_is_one_line() -> None:
 
 
 def test_cpu_recipes_pass_without_a_gpu() -> None:
-    preflight(recipe("tiny"), devices=[], env={}, has_token=no_token, cached=not_cached)
-    preflight(recipe("smoke"), devices=[], env={}, has_token=no_token, cached=not_cached)
+    probed: list[str] = []
+    for name in ("tiny", "smoke"):
+        r = recipe(name)
+        assert not mrlite.gpu.uses_gpu(r)
+        assert preflight(r, devices=[], env={}, has_token=lambda env: probed.append("token") or False,
+                         cached=lambda m: probed.append(m) or False) is None
+    assert probed == []  # neither model is gated: no token asked for
 
 
 def test_gated_model_needs_hf_token() -> None:

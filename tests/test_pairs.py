@@ -1,4 +1,5 @@
-"""Table tests for mrlite.pairs: actor pairs, highest variance, positional weights, Elo, judge pairs, schedule.
+"""Table tests for mrlite.pairs (actor pairs, highest variance, positional weights, Elo, judge pairs) and
+mrlite.battles (the battle schedule).
 
 Expectations are worked out by hand from design/algorithm.md Part A steps 3-5 (comments show the arithmetic).
 Run: ``python -m pytest tests/test_pairs.py -q``.
@@ -11,41 +12,19 @@ import math
 import numpy as np
 import pytest
 
+from mrlite.battles import battle_schedule
 from mrlite.pairs import (
     battle_matrix,
-    battle_schedule,
     bradley_terry,
     highest_variance,
     position_weights,
     position_weights_from_counts,
     position_win_counts,
-    response_score,
     select_actor_pair,
     select_judge_pair,
     select_judge_pairs,
     winner_matrix,
 )
-
-# ---------------------------------------------------------------------------------------------------------
-# Step 3: response score
-# ---------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("judge_scores", "expected"),
-    [
-        ([4, 5], 4.5),
-        ([4.0, None, 5.0, None], 4.5),
-        ([3], 3.0),
-        ([None, None], None),
-        ([], None),
-        ([float("nan"), 2.0], 2.0),
-        ([0.1] * 10, 0.1),  # fsum: exactly 0.1, not 0.09999999999999999
-    ],
-)
-def test_response_score(judge_scores: list[float | None], expected: float | None) -> None:
-    assert response_score(judge_scores) == expected
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Step 4: actor pairs with length control
@@ -59,50 +38,46 @@ W_LENGTHS = [n for _, n in WORKED]
 ACTOR_CASES = [
     # ρ = 0.32: top tier ≥ 0.68·5 + 0.32·2 = 4.04 → {5.0, 4.2}, shortest = 4.2 (1500);
     # bottom tier ≤ 0.68·2 + 0.32·5 = 2.96 → {2.5, 2.0}, longest = 2.5 (2400).
-    ("worked example rho=0.32", W_SCORES, W_LENGTHS, 0.32, None, (1, 3)),
+    ("worked example rho=0.32", W_SCORES, W_LENGTHS, 0.32, (1, 3)),
     # ρ = 0: plain best vs worst.
-    ("worked example rho=0", W_SCORES, W_LENGTHS, 0.0, None, (0, 4)),
+    ("worked example rho=0", W_SCORES, W_LENGTHS, 0.0, (0, 4)),
     # ρ = 0.5: tiers ≥ 3.5 and ≤ 3.5 → top {5.0, 4.2, 3.5} shortest 3.5 (1200); bottom {3.5, 2.5, 2.0}
     # longest 2.5 (2400).
-    ("worked example rho=0.5", W_SCORES, W_LENGTHS, 0.5, None, (2, 3)),
-    # Cap on the chosen length (paper: 2,500 chars in iteration 1).
-    ("cap equal to chosen length keeps", W_SCORES, W_LENGTHS, 0.32, 1500, (1, 3)),
-    ("cap below chosen length drops", W_SCORES, W_LENGTHS, 0.32, 1499, None),
-    ("cap with rho=0", W_SCORES, W_LENGTHS, 0.0, 1899, None),
+    ("worked example rho=0.5", W_SCORES, W_LENGTHS, 0.5, (2, 3)),
     # A score equal to the top boundary in decimal (4.04) must be in the tier despite binary rounding.
-    ("boundary score in top tier", [5.0, 4.04, 2.0], [100, 10, 50], 0.32, None, (1, 2)),
-    ("boundary score in bottom tier", [5.0, 2.96, 2.0], [10, 500, 50], 0.32, None, (0, 1)),
+    ("boundary score in top tier", [5.0, 4.04, 2.0], [100, 10, 50], 0.32, (1, 2)),
+    ("boundary score in bottom tier", [5.0, 2.96, 2.0], [10, 500, 50], 0.32, (0, 1)),
     # Boundaries that binary arithmetic puts a hair on the wrong side: 0.68·3 + 0.32·0.75 evaluates to
     # 2.2800000000000002 > 2.28, and 0.6·1.5 + 0.4·2.25 to 1.7999999999999998 < 1.8. SCORE_TOL keeps them in.
-    ("float boundary top", [3.0, 2.28, 0.75], [100, 10, 50], 0.32, None, (1, 2)),
-    ("float boundary bottom", [2.25, 1.8, 1.5], [10, 500, 50], 0.4, None, (0, 1)),
+    ("float boundary top", [3.0, 2.28, 0.75], [100, 10, 50], 0.32, (1, 2)),
+    ("float boundary bottom", [2.25, 1.8, 1.5], [10, 500, 50], 0.4, (0, 1)),
     # None / NaN scores take no part.
-    ("None scores ignored", [None, 5.0, None, 1.0], [1, 100, 1, 50], 0.0, None, (1, 3)),
-    ("NaN scores ignored", [float("nan"), 5.0, 1.0], [1, 100, 50], 0.0, None, (1, 2)),
+    ("None scores ignored", [None, 5.0, None, 1.0], [1, 100, 1, 50], 0.0, (1, 3)),
+    ("NaN scores ignored", [float("nan"), 5.0, 1.0], [1, 100, 50], 0.0, (1, 2)),
     # No pair: fewer than two scored, all equal.
-    ("one scored", [None, 4.0, None], [1, 2, 3], 0.0, None, None),
-    ("none scored", [None, None], [1, 2], 0.0, None, None),
-    ("empty", [], [], 0.32, None, None),
-    ("all equal", [4.0, 4.0, 4.0], [10, 20, 30], 0.32, None, None),
-    ("equal up to float noise", [0.1 + 0.2, 0.3], [10, 20], 0.0, None, None),
+    ("one scored", [None, 4.0, None], [1, 2, 3], 0.0, None),
+    ("none scored", [None, None], [1, 2], 0.0, None),
+    ("empty", [], [], 0.32, None),
+    ("all equal", [4.0, 4.0, 4.0], [10, 20, 30], 0.32, None),
+    ("equal up to float noise", [0.1 + 0.2, 0.3], [10, 20], 0.0, None),
     # Chosen ties: same length → higher score → lower index.
     # top ≥ 0.68·5 + 0.32·1 = 3.72 → {0, 1, 2}; shortest 50 → {1, 2} equal score → index 1.
-    ("chosen tie: lower index", [5.0, 4.5, 4.5, 1.0], [100, 50, 50, 10], 0.32, None, (1, 3)),
-    ("chosen tie: higher score", [4.5, 5.0, 1.0], [50, 50, 10], 0.32, None, (1, 2)),
+    ("chosen tie: lower index", [5.0, 4.5, 4.5, 1.0], [100, 50, 50, 10], 0.32, (1, 3)),
+    ("chosen tie: higher score", [4.5, 5.0, 1.0], [50, 50, 10], 0.32, (1, 2)),
     # Rejected ties: bottom ≤ 0.6·1 + 0.4·5 = 2.6 → {1, 2, 3} all 80 → lowest score 1.0 → index 2.
-    ("rejected tie: lower score", [5.0, 2.0, 1.0, 1.5], [10, 80, 80, 80], 0.4, None, (0, 2)),
-    ("rejected tie: lower index", [5.0, 1.0, 1.0], [10, 80, 80], 0.0, None, (0, 1)),
+    ("rejected tie: lower score", [5.0, 2.0, 1.0, 1.5], [10, 80, 80, 80], 0.4, (0, 2)),
+    ("rejected tie: lower index", [5.0, 1.0, 1.0], [10, 80, 80], 0.0, (0, 1)),
     # ρ = 0.5: the tiers meet at 3; the same response is shortest-top and longest-bottom → no pair.
-    ("rho=0.5 same response", [5.0, 3.0, 1.0], [100, 10, 5], 0.5, None, None),
+    ("rho=0.5 same response", [5.0, 3.0, 1.0], [100, 10, 5], 0.5, None),
     # ρ = 0.5: chosen and rejected different but equal scores → not strictly better → no pair.
-    ("rho=0.5 equal scores", [5.0, 3.0, 3.0, 1.0], [100, 10, 50, 5], 0.5, None, None),
+    ("rho=0.5 equal scores", [5.0, 3.0, 3.0, 1.0], [100, 10, 50, 5], 0.5, None),
     # Length control can pick a chosen that is longer than the rejected: allowed.
-    ("chosen longer than rejected", [5.0, 1.0], [300, 100], 0.32, None, (0, 1)),
+    ("chosen longer than rejected", [5.0, 1.0], [300, 100], 0.32, (0, 1)),
 ]
 
 
 @pytest.mark.parametrize(
-    ("scores", "lengths", "rho", "cap", "expected"),
+    ("scores", "lengths", "rho", "expected"),
     [case[1:] for case in ACTOR_CASES],
     ids=[case[0] for case in ACTOR_CASES],
 )
@@ -110,10 +85,9 @@ def test_select_actor_pair(
     scores: list[float | None],
     lengths: list[int],
     rho: float,
-    cap: int | None,
     expected: tuple[int, int] | None,
 ) -> None:
-    assert select_actor_pair(scores, lengths, rho, max_chosen_len=cap) == expected
+    assert select_actor_pair(scores, lengths, rho) == expected
 
 
 @pytest.mark.parametrize("rho", [-0.01, 0.51, 1.0, float("nan")])
@@ -128,7 +102,9 @@ def test_select_actor_pair_mismatched_lengths() -> None:
 
 
 def test_select_actor_pair_positional_call() -> None:
-    assert select_actor_pair(W_SCORES, W_LENGTHS, 0.32, 2000) == (1, 3)
+    assert select_actor_pair(W_SCORES, W_LENGTHS, 0.32) == (1, 3)  # the pairs stage's call
+    with pytest.raises(TypeError):  # the chosen-length cap is the stage's (it counts what it drops), not a 4th argument
+        select_actor_pair(W_SCORES, W_LENGTHS, 0.32, 2000)  # type: ignore[call-arg]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -375,21 +351,19 @@ def _wins_both_orders(n: int, star: int, seed: int) -> np.ndarray:
 
 JUDGE_CASES = [
     # Pure positional bias carries no signal: always "A" → ω1 = 0 → B = 0 → degenerate.
-    ("always A", _always(11, 1), None, None, None, None),
-    ("always B", _always(11, -1), None, None, None, None),
-    ("no winners", np.zeros((5, 5), dtype=int), None, None, None, None),
-    ("all ties but one", winner_matrix(3, [(0, 1, 1)]), None, None, None, None),  # ω1 = 0 kills it
+    ("always A", _always(11, 1), None, None),
+    ("always B", _always(11, -1), None, None),
+    ("no winners", np.zeros((5, 5), dtype=int), None, None),
+    ("all ties but one", winner_matrix(3, [(0, 1, 1)]), None, None),  # ω1 = 0 kills it
     # Consistent ranking 2 > 0 > 3 > 1 in both orders.
-    ("consistent ranking", _ranked_r([2, 0, 3, 1], 4), None, None, None, (2, 1)),
-    ("winner in both orders (seed 0)", _wins_both_orders(11, 4, 0), None, None, None, (4, "any")),
-    ("winner in both orders (seed 1)", _wins_both_orders(7, 0, 1), None, None, None, (0, "any")),
-    ("winner in both orders (seed 2)", _wins_both_orders(5, 2, 2), None, None, None, (2, "any")),
+    ("consistent ranking", _ranked_r([2, 0, 3, 1], 4), None, (2, 1)),
+    ("winner in both orders (seed 0)", _wins_both_orders(11, 4, 0), None, (4, "any")),
+    ("winner in both orders (seed 1)", _wins_both_orders(7, 0, 1), None, (0, "any")),
+    ("winner in both orders (seed 2)", _wins_both_orders(5, 2, 2), None, (2, "any")),
     # Ties in ε go to the lowest index: 0 and 1 both beat 2 in both orders and tie each other.
     (
         "chosen tie → lowest index",
         winner_matrix(3, [(0, 2, 1), (2, 0, -1), (1, 2, 1), (2, 1, -1)]),
-        None,
-        None,
         None,
         (0, 2),
     ),
@@ -397,42 +371,31 @@ JUDGE_CASES = [
         "rejected tie → lowest index",
         winner_matrix(3, [(0, 1, 1), (1, 0, -1), (0, 2, 1), (2, 0, -1)]),
         None,
-        None,
-        None,
         (0, 1),
     ),
-    # Length cap on the chosen judgment (paper: 1,100 / 1,000 chars).
-    ("cap keeps", _ranked_r([2, 0, 3, 1], 4), [10, 10, 1100, 10], 1100, None, (2, 1)),
-    ("cap drops", _ranked_r([2, 0, 3, 1], 4), [10, 10, 1101, 10], 1100, None, None),
-    ("lengths without cap", _ranked_r([1, 0], 2), [5000, 5000], None, None, (1, 0)),
     # Pooled weights override the response's own: own ω1 = 0 would zero the only win.
-    ("pooled weights", winner_matrix(2, [(0, 1, 1)]), None, None, (0.5, 0.5), (0, 1)),
-    ("pooled weights, always A", _always(4, 1), None, None, (0.5, 0.5), None),
+    ("pooled weights", winner_matrix(2, [(0, 1, 1)]), (0.5, 0.5), (0, 1)),
+    ("pooled weights, always A", _always(4, 1), (0.5, 0.5), None),
 ]
 
 
 @pytest.mark.parametrize(
-    ("r", "lengths", "cap", "weights", "expected"),
+    ("r", "weights", "expected"),
     [c[1:] for c in JUDGE_CASES],
     ids=[c[0] for c in JUDGE_CASES],
 )
 def test_select_judge_pair(
     r: np.ndarray,
-    lengths: list[int] | None,
-    cap: int | None,
     weights: tuple[float, float] | None,
     expected: tuple | None,
 ) -> None:
-    got = select_judge_pair(r, lengths=lengths, max_chosen_len=cap, weights=weights)
+    got = select_judge_pair(r, weights=weights)
     if expected is not None and expected[1] == "any":
         assert got is not None and got[0] == expected[0] and got[1] != expected[0]
     else:
         assert got == expected
     # The batched path gives the same answer.
-    batched = select_judge_pairs(
-        [r], lengths=None if lengths is None else [lengths], max_chosen_len=cap, weights=weights
-    )
-    assert batched == [got]
+    assert select_judge_pairs([r], weights=weights) == [got]
 
 
 def test_positional_bias_does_not_change_the_ranking() -> None:
@@ -448,15 +411,6 @@ def test_positional_bias_does_not_change_the_ranking() -> None:
     assert select_judge_pair(r) == (3, 2)
 
 
-def test_select_judge_pair_errors() -> None:
-    with pytest.raises(ValueError, match="lengths"):
-        select_judge_pair(_ranked_r([0, 1], 2), max_chosen_len=10)
-    with pytest.raises(ValueError, match="lengths"):
-        select_judge_pair(_ranked_r([0, 1], 2), lengths=[1, 2, 3])
-    with pytest.raises(ValueError):
-        select_judge_pairs([_ranked_r([0, 1], 2)], lengths=[])
-
-
 def test_select_judge_pairs_matches_single() -> None:
     rng = np.random.default_rng(11)
     rs = []
@@ -465,9 +419,8 @@ def test_select_judge_pairs_matches_single() -> None:
         r = rng.choice([-1, 0, 1], (n, n), p=[0.35, 0.1, 0.55])
         np.fill_diagonal(r, 0)
         rs.append(r)
-    lengths = [list(rng.integers(100, 1500, len(r))) for r in rs]
-    single = [select_judge_pair(r, lengths=n, max_chosen_len=1100) for r, n in zip(rs, lengths, strict=True)]
-    assert select_judge_pairs(rs, lengths=lengths, max_chosen_len=1100) == single
+    single = [select_judge_pair(r) for r in rs]
+    assert select_judge_pairs(rs) == single
     assert any(p is not None for p in single) and any(p is None for p in single)
 
 
@@ -551,5 +504,4 @@ def test_schedule_with_judge_pair() -> None:
     full = _ranked_r(list(range(n)), n)
     s = battle_schedule(n, 40, np.random.default_rng(1))
     r = winner_matrix(n, [(m, k, int(full[m, k])) for m, k in s])
-    chosen, rejected = select_judge_pair(r)  # type: ignore[misc]
-    assert chosen != rejected
+    assert select_judge_pair(r) == (0, n - 1)  # the true best and worst

@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mrlite.recipe import Recipe, RecipeError, apply_overrides, load_recipe, per_iter, recipe_from_dict
+from mrlite.recipe import (
+    Recipe, RecipeError, apply_overrides, bundled_recipes_dir, load_recipe, per_iter, recipe_from_dict,
+    resolve_recipe_path,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "recipes" / "smoke.yaml"
@@ -15,7 +18,10 @@ BUNDLED = sorted((REPO / "recipes").rglob("*.yaml"))
 
 
 def test_bundled_recipes_found() -> None:
-    assert SMOKE in BUNDLED
+    # the package locates the recipes shipped next to it, and a bare name resolves to one of them
+    assert bundled_recipes_dir().resolve() == (REPO / "recipes").resolve()
+    for name in ("smoke", "tiny", "paper"):
+        assert resolve_recipe_path(name).resolve() == (REPO / "recipes" / f"{name}.yaml").resolve()
 
 
 @pytest.mark.parametrize("path", BUNDLED, ids=lambda p: str(p.relative_to(REPO)))

@@ -136,6 +136,29 @@ def test_derive_seed_stable_and_distinct() -> None:
     assert s not in others
 
 
+def test_hash_parts_is_the_seed_source() -> None:
+    assert rundir.hash_parts(0, 1, "sample").hex() == rundir.hashlib.sha256(b"0\x1f1\x1fsample").hexdigest()
+    assert derive_seed(0, 1, "sample") == int.from_bytes(rundir.hash_parts(0, 1, "sample")[:8], "big") >> 1
+
+
+def test_model_identity_is_the_lineage_when_present(tmp_path: Path) -> None:
+    (tmp_path / "weights.bin").write_bytes(b"w" * 10)
+    by_content = rundir.model_identity(tmp_path)
+    assert by_content == rundir.fingerprint(tmp_path)
+    (tmp_path / "lineage.json").write_text('{"base": "b"}')
+    assert rundir.model_identity(tmp_path) == rundir.sha256_file(tmp_path / "lineage.json") != by_content
+    (tmp_path / "weights.bin").write_bytes(b"x" * 10)  # large weights are not re-read: the lineage names them
+    assert rundir.model_identity(tmp_path) == rundir.sha256_file(tmp_path / "lineage.json")
+
+
+def test_existing_run_dir(tmp_path: Path) -> None:
+    with pytest.raises(RunDirError, match=r"^runs/nope: not a run directory \(no recipe\.yaml\); pass the --out"):
+        RunDir.existing("runs/nope")
+    (tmp_path / "recipe.yaml").write_text("name: x\n")
+    rd = RunDir.existing(tmp_path)
+    assert rd.root == tmp_path and rd.recipe_path == tmp_path / "recipe.yaml"
+
+
 # --------------------------------------------------------------------------------------------------------------
 # markers
 

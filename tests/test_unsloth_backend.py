@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 import mrlite
-import mrlite.backends.unsloth as ub
 import mrlite.gpu
 from mrlite.backends import BackendError
 from mrlite.backends.unsloth import UnslothTrainer, import_unsloth
@@ -317,8 +316,12 @@ def test_hub_base_is_snapshotted_locally(fakes, tmp_path: Path, monkeypatch, bas
     assert fakes.get("from_pretrained")["model_name"] == str(base_dir)
 
 
-def test_merge_method_constant() -> None:
-    assert ub.MERGE_METHOD == "merged_16bit"
+def test_merge_is_16_bit_even_for_a_4_bit_model(fakes, base_dir: Path, tmp_path: Path) -> None:
+    rows = tmp_path / "rows.jsonl"
+    atomic_write_jsonl(rows, [_dpo_row(0)])
+    UnslothTrainer(recipe("train.load_in_4bit=true"), 1).train_dpo(rows, str(base_dir), tmp_path / "out")
+    assert fakes.get("from_pretrained")["load_in_4bit"] is True
+    assert fakes.get("save_pretrained_merged")["save_method"] == "merged_16bit"
 
 
 def test_dpo_checkpoints_and_resumes_like_the_trl_trainer(fakes, base_dir: Path, tmp_path: Path) -> None:

@@ -346,7 +346,9 @@ def test_missing_vllm_is_one_line(monkeypatch) -> None:
         VLLMGenerator(recipe(), "m")
 
 
-def test_registry_points_here() -> None:
-    from mrlite.backends import GENERATORS
+def test_recipe_backend_name_builds_this_generator(fake_vllm, monkeypatch) -> None:
+    from mrlite.backends import load_generator
 
-    assert GENERATORS["vllm"] == "mrlite.backends.vllm:VLLMGenerator"
+    monkeypatch.setattr(mrlite.backends, "missing_packages", lambda name: [])  # torch/vllm not installed here
+    g = load_generator(recipe("backends.generator=vllm"), "/models/m0")
+    assert type(g) is VLLMGenerator and FakeLLM.instances[-1].kw["model"] == "/models/m0"

@@ -75,16 +75,24 @@ class Generator(Protocol):
         """Return ``request.n`` completions for each request, in request order."""
         ...
 
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        """Token counts of plain texts (for ``pairs.length_unit: tokens``)."""
-        ...
-
     def prompt_lengths(self, requests: list[GenRequest]) -> list[int]:
         """Tokens of each request's templated prompt. Stages drop (and count) requests whose prompt leaves no
         room for an answer within ``max_model_len``; the generator caps ``max_new_tokens`` to the room left."""
         ...
 
     def close(self) -> None: ...
+
+
+MIN_ANSWER_TOKENS = 16
+"""Tokens a templated prompt must leave free within ``model.max_model_len`` for it to be worth generating."""
+
+
+def fits(generator: Generator, requests: list[GenRequest], max_model_len: int,
+         room: int = MIN_ANSWER_TOKENS) -> list[bool]:
+    """Which requests leave at least ``room`` tokens for the answer (the others are dropped and counted)."""
+    if not requests:
+        return []
+    return [n <= max_model_len - room for n in generator.prompt_lengths(requests)]
 
 
 class Trainer(Protocol):

@@ -13,7 +13,6 @@ Exercised by: ``mrlite run recipes/smoke.yaml``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -23,7 +22,7 @@ from pathlib import Path
 from mrlite.backends.base import Completion, GenRequest, Sampling, TrainResult
 from mrlite.parsing import SCORE_LABEL, WINNER_LABEL, has_score, has_winner
 from mrlite.recipe import Recipe
-from mrlite.rundir import atomic_write_json, atomic_write_text, iter_jsonl, sha256_file
+from mrlite.rundir import atomic_write_json, atomic_write_text, hash_parts, iter_jsonl, model_identity, sha256_file
 
 _WORDS = ["clear", "concise", "helpful", "answer", "detail", "example", "step", "reason", "because", "therefore", "first", "second", "finally", "note", "consider", "simple", "careful", "context", "summary", "point", "idea", "result", "method", "check", "useful", "further", "overall"]
 
@@ -35,16 +34,12 @@ _PAIRWISE_RE = re.compile(r"\[The Start of Answer A\]\n(.*)\n\[The End of Answer
 
 def _u(*parts: object) -> float:
     """Uniform [0, 1) from a hash of the parts."""
-    h = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(h[:8], "big") / 2**64
+    return int.from_bytes(hash_parts(*parts)[:8], "big") / 2**64
 
 
 def _model_identity(model: str) -> str:
     p = Path(model)
-    lin = p / "lineage.json"
-    if lin.is_file():
-        return hashlib.sha256(lin.read_bytes()).hexdigest()[:16]
-    return model
+    return model_identity(p)[:16] if (p / "lineage.json").is_file() else model
 
 
 class FakeGenerator:
@@ -133,9 +128,6 @@ class FakeGenerator:
                 comps.append(Completion(text, forced, len(text.split())))
             out.append(comps)
         return out
-
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        return [len(t.split()) for t in texts]
 
     def prompt_lengths(self, requests: list[GenRequest]) -> list[int]:
         return [sum(len(m["content"].split()) for m in r.messages) + 4 for r in requests]

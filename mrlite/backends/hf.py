@@ -27,6 +27,7 @@ from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer
 
 from mrlite.backends.forcing import WINNER_CHOICES, Forcing, forcing_tokens  # noqa: F401
 from mrlite.backends.base import Completion, GenRequest, Message, Sampling
+from mrlite.hw import native_bf16  # re-exported: hardware facts live in mrlite.hw
 from mrlite.models import check_chat_template
 from mrlite.parsing import SCORE_LABEL, WINNER_LABEL, has_score, has_winner
 from mrlite.recipe import Recipe
@@ -39,21 +40,6 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 matmuls run natively: CUDA with bf16 support, or a CPU with AVX512-BF16 or AMX.
-
-    stack.md measured bf16 ~2x faster than fp32 on an AVX512-BF16 CPU; on an AVX2-only CPU (the machine this was
-    written on) bf16 linear layers are emulated and 2-5x *slower* than fp32, so 'auto' must not pick bf16 there.
-    """
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_dtype(recipe: Recipe, device: torch.device) -> torch.dtype:

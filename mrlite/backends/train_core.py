@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mrlite.backends.tokens import chat_ids
 from mrlite.rundir import PARTS_DIR, atomic_write_text, fault_point, sha256_file
 
 if TYPE_CHECKING:
@@ -73,10 +74,7 @@ def read_rows(path: Path, keys: tuple[str, ...]) -> list[dict]:
 
 def chat_len(tok, messages: list[dict]) -> int:
     """Tokens of ``messages`` with the tokenizer's chat template (as TRL tokenises a row)."""
-    ids = tok.apply_chat_template(messages, tokenize=True, return_dict=False)
-    if hasattr(ids, "keys"):
-        ids = ids["input_ids"]
-    return len(ids)
+    return len(chat_ids(tok, messages, add_generation_prompt=False))
 
 
 def filter_long(rows: list[dict], tok, keys: tuple[str, ...], max_length: int) -> tuple[list[dict], int]:

@@ -23,7 +23,7 @@ from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from mrlite.backends import train_core as core
 from mrlite.backends.base import TrainResult
-from mrlite.backends.hf import native_bf16
+from mrlite.hw import native_bf16
 from mrlite.models import check_chat_template
 from mrlite.recipe import Recipe
 

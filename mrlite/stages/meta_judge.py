@@ -16,7 +16,9 @@ import numpy as np
 
 from mrlite.backends.base import GenRequest
 from mrlite.diagnostics import positional_bias, score_bias
-from mrlite.pairs import battle_schedule, highest_variance
+from mrlite.fmt import pct
+from mrlite.battles import battle_schedule
+from mrlite.pairs import highest_variance
 from mrlite.parsing import parse_winner
 from mrlite.prompts import render_meta_judge, strip_score_line
 from mrlite.rundir import atomic_write_jsonl, derive_seed, read_jsonl
@@ -125,13 +127,9 @@ def run(ctx: StageContext) -> dict:
             "score_bias": score_bias([(x["a_score"], x["b_score"], x["winner"]) for x in rows])}
 
 
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.0f}%"
-
-
 def summary_line(t: int, s: dict) -> str:
     n = max(1, s["battles"])
     return (f"meta_judge iter {t}: {s['prompts']} prompts, {s['battles']} battles, {s['undecided']} undecided "
             f"({100 * s['undecided'] / n:.1f}%), {s['parsed_forced']} forced, slot-A wins "
-            f"{_pct(s['positional_bias'])}, higher-score wins {_pct(s['score_bias'])}, "
+            f"{pct(s['positional_bias'])}, higher-score wins {pct(s['score_bias'])}, "
             f"{s['no_selection']} prompts without a judge-pair candidate")
