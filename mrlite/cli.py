@@ -93,7 +93,8 @@ def validate(recipe, sets):
 @click.argument("run_dir", type=click.Path())
 @_user_errors
 def status(run_dir):
-    """Show iterations × stages of RUN_DIR: done / stale / missing, rows, parse rates.
+    """Show iterations × stages of RUN_DIR: done / stale / missing, rows, parse rates; a stage in progress shows
+    "running" with prompts (or steps) done, tokens/s and its ETA from its last progress record.
 
     \b
     Examples:
@@ -141,16 +142,30 @@ def recipes(name):
 @click.option("--force", is_flag=True)
 def worker(run_dir, t, stages, force):
     """Internal: run some stages of one iteration in this process (started by `mrlite run`)."""
+    import os
+    import traceback
     from pathlib import Path
 
+    from mrlite.log import VERBOSITY_ENV, console_stream, quiet_libraries, setup_logging
     from mrlite.loop import run_worker
 
-    _setup(0, False)
+    try:
+        setup_logging(int(os.environ.get(VERBOSITY_ENV, "0")))
+    except ValueError:
+        setup_logging(0)
+    redirected = quiet_libraries(Path(run_dir) / "log.txt")
     try:
         run_worker(Path(run_dir), t, stages.split(","), force)
     except MrliteError as e:
-        click.echo(f"Error: {e}", err=True)
+        click.echo(f"Error: {e}", file=console_stream())
         sys.exit(WORKER_USER_ERROR)
+    except Exception as e:
+        if not redirected:
+            raise
+        traceback.print_exc()  # into log.txt, with the libraries' output that led to it
+        click.echo(f"Error: {type(e).__name__}: {' '.join(str(e).split())[:400]} (traceback in {run_dir}/log.txt)",
+                   file=console_stream())
+        sys.exit(1)
 
 
 # Commands that live in their own modules (each module imports no torch at import time).
@@ -166,6 +181,7 @@ _register("mrlite.doctor", "doctor_cmd")
 _register("mrlite.cli_data", "data_group")
 _register("mrlite.cli_eval", "eval_cmd")
 _register("mrlite.cli_eval", "report_cmd")
+_register("mrlite.push", "push_cmd")
 # (end of command registrations)
 
 

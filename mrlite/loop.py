@@ -38,6 +38,7 @@ from mrlite.stages import (
     stage_iterations,
     state,
 )
+from mrlite.track import log_stage
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,9 @@ def _preflight(recipe: Recipe, rd: RunDir, steps: list[tuple[int, str]], force: 
             todo.append(s)
     if not todo:
         return
+    from mrlite.track import check_trackers
+
+    check_trackers(recipe)
     from mrlite import gpu
 
     # nvidia-smi only: the orchestrator never imports torch (and never creates a CUDA context).
@@ -203,7 +207,9 @@ def _run_worker(run_dir: Path, t: int, stages: list[str], force: bool) -> None:
     if force:
         cmd.append("--force")
     log.debug("subprocess: %s", " ".join(cmd))
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    from mrlite.log import VERBOSITY_ENV, console_verbosity
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{VERBOSITY_ENV: str(console_verbosity())})
     rc = subprocess.call(cmd, env=env)
     if rc != 0:
         where = f"iter {t} {'+'.join(stages)}" if t else "+".join(stages)
@@ -281,6 +287,9 @@ def run(recipe: Recipe, out: str | Path | None = None, *, only: str | None = Non
                         report.steps.append((t, s, run_stage(ctx, s)))
                 finally:
                     ctx.close()
+            for _, s in group:  # judge health of each stage that just ran → the recipe's trackers
+                if s in todo:
+                    log_stage(recipe, rd.root, t, s)
         return report
     finally:
         if handler is not None:

@@ -410,6 +410,38 @@ class BackendsCfg(_Section):
     vllm: VLLMCfg = Field(default_factory=VLLMCfg)
 
 
+TRACKERS = ("tensorboard", "wandb", "trackio")
+
+
+class LogCfg(_Section):
+    """Live training metrics (Hub and trackers feature)."""
+
+    report_to: str | list[str] = Field(
+        "none", description="Where TRL's trainers (EFT and DPO) and the per-iteration judge-health scalars go: "
+        "'none', 'tensorboard' (offline; event files under <run>/tracker/), 'wandb', 'trackio', or a list of them. "
+        "Tracker run names are <recipe name>-iterNN-<dpo|eft>."
+    )
+    project: str = Field("mrlite", description="Project name for wandb and trackio.")
+
+    @field_validator("report_to")
+    @classmethod
+    def _report_to(cls, v):
+        names = [v] if isinstance(v, str) else list(v)
+        if names == ["none"] or not names:
+            return "none"
+        bad = [n for n in names if n not in TRACKERS]
+        if bad:
+            close = difflib.get_close_matches(str(bad[0]), [*TRACKERS, "none"], n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"unknown tracker {bad[0]!r}{hint} (choose none, {', '.join(TRACKERS)} or a list)")
+        return names[0] if len(names) == 1 else sorted(set(names), key=names.index)
+
+    def trackers(self) -> list[str]:
+        """The trackers as a list ([] for 'none')."""
+        return [] if self.report_to == "none" else [self.report_to] if isinstance(self.report_to, str) \
+            else list(self.report_to)
+
+
 class Recipe(_Section):
     """A whole run: what model, what data, and every constant of the loop."""
 
@@ -425,6 +457,7 @@ class Recipe(_Section):
     guardrails: GuardrailsCfg = Field(default_factory=GuardrailsCfg)
     train: TrainCfg = Field(default_factory=TrainCfg)
     backends: BackendsCfg = Field(default_factory=BackendsCfg)
+    log: LogCfg = Field(default_factory=LogCfg)
 
     @field_validator("name")
     @classmethod

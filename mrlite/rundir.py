@@ -290,6 +290,11 @@ class RunDir:
             return
         raise RunDirError(f"{lock}: could not take the run lock; delete the file if no run is active")
 
+    def is_locked(self) -> bool:
+        """True while a live process holds this run's lock (a run in progress)."""
+        holder = _read_lock(self.root / ".lock")
+        return bool(holder and _alive(holder))
+
     def release_lock(self) -> None:
         lock = self.root / ".lock"
         holder = _read_lock(lock)

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from mrlite.recipe import load_recipe
+from mrlite.progress import describe, read_progress
 from mrlite.rundir import RunDir, RunDirError
 from mrlite.stages import STAGES, StageContext, stage_iterations, state
 
@@ -40,12 +41,25 @@ def _detail(stage: str, s: dict) -> str:
     return ""
 
 
+def _in_progress(rd: RunDir, t: int, stage: str, live: bool) -> dict | None:
+    """State and detail of a stage that has written part of its chunks: running (the run holds its lock) with
+    the ETA from its last progress record, or stopped (resume with the same ``mrlite run``)."""
+    rec = read_progress(rd.parts_dir(t, stage))
+    if rec is None:
+        return None
+    detail = describe(rec)
+    if not live:
+        detail = detail.split(", ETA")[0] + "; stopped, run the same command to resume"
+    return {"state": "running" if live else "partial", "rows": None, "detail": detail}
+
+
 def status_table(run_dir: Path) -> list[dict]:
     """One dict per (iteration, stage): iteration, stage, state, rows, detail."""
     rd = RunDir(run_dir)
     if not (rd.root / "recipe.yaml").exists():
         raise RunDirError(f"{run_dir}: not a run directory (no recipe.yaml); pass the --out of a run, e.g. runs/smoke")
     recipe = load_recipe(rd.root / "recipe.yaml")
+    live = rd.is_locked()
     out = []
     for t in range(recipe.loop.iterations + 1):
         ctx = StageContext(recipe, rd, t)
@@ -56,8 +70,11 @@ def status_table(run_dir: Path) -> list[dict]:
             if st == "n/a":
                 continue
             summary = (marker or {}).get("summary", {})
-            out.append({"iteration": t, "stage": stage, "state": st,
-                        "rows": (marker or {}).get("n_out"), "detail": _detail(stage, summary) if marker else ""})
+            row = {"iteration": t, "stage": stage, "state": st,
+                   "rows": (marker or {}).get("n_out"), "detail": _detail(stage, summary) if marker else ""}
+            if st != "done":
+                row.update(_in_progress(rd, t, stage, live) or {})
+            out.append(row)
     return out + eval_rows(rd)
 
 

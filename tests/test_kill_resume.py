@@ -94,7 +94,7 @@ def test_resume_after_kill_reports_reused_chunks(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert _run(out, {"MRLITE_FAULT": "judge:chunk@2"}).returncode == 99
     assert sorted(p.name for p in (out / "iter_01" / ".parts" / "judge").iterdir()) == [
-        "chunk_00000.json", "chunk_00001.json", "parts.json"]
+        "chunk_00000.json", "chunk_00001.json", "parts.json", "progress.json"]
     r = subprocess.run([sys.executable, "-m", "mrlite", "run", str(SMOKE), "--out", str(out)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0

@@ -225,7 +225,7 @@ def test_killed_stage_resumes_from_its_chunks(tmp_path: Path) -> None:
     assert p.returncode == 99, p.stderr
     d = killed / "run" / "iter_01"
     assert sorted(x.name for x in (d / ".parts" / "judge").iterdir()) == [
-        "chunk_00000.json", "chunk_00001.json", "parts.json"]  # smoke: 24 prompts in chunks of 8
+        "chunk_00000.json", "chunk_00001.json", "parts.json", "progress.json"]  # smoke: 24 prompts in chunks of 8
     assert sorted(x.name for x in (d / ".done").iterdir()) == ["sample.json"]
     assert not (d / "judgments.jsonl").exists()
     assert (killed / "run" / ".lock").exists()  # left by the killed process; taken over below

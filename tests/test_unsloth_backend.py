@@ -152,7 +152,7 @@ def fakes(monkeypatch):
 
     fields = ["output_dir", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
               "gradient_accumulation_steps", "max_length", "bf16", "fp16", "logging_steps", "save_strategy",
-              "save_steps", "save_total_limit", "report_to", "seed", "data_seed", "warmup_ratio"]
+              "save_steps", "save_total_limit", "report_to", "run_name", "disable_tqdm", "seed", "data_seed", "warmup_ratio"]
 
     def config_class(name: str, own: list[str]):
         cls = dataclasses.make_dataclass(name, [(f, object, dataclasses.field(default=None)) for f in fields + own])
@@ -164,6 +164,9 @@ def fakes(monkeypatch):
             rec.calls.append((kind, kw))
             self.state = types.SimpleNamespace(global_step=0, epoch=0.0, log_history=[])
             self.callbacks = kw.get("callbacks", [])
+
+        def add_callback(self, cb):  # the training core adds its progress bar this way
+            self.callbacks.append(cb)
 
         def train(self, resume_from_checkpoint=None):
             rec.calls.append(("train", {"resume_from_checkpoint": resume_from_checkpoint}))

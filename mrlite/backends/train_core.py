@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mrlite.backends.tokens import chat_ids
-from mrlite.rundir import atomic_write_text, fault_point, sha256_file
+from mrlite.rundir import PARTS_DIR, atomic_write_text, fault_point, sha256_file
 
 if TYPE_CHECKING:
     from mrlite.recipe import Recipe
@@ -150,10 +150,17 @@ def checkpoint_args(recipe: Recipe, kind: str) -> dict[str, Any]:
 
 def recipe_args(recipe: Recipe, kind: str, iteration: int, out: Path) -> dict[str, Any]:
     """The DPOConfig/SFTConfig fields the recipe decides, the same for every trainer backend."""
+    from mrlite.log import libraries_quiet
+    from mrlite.track import trainer_args
+
     cfg = section_cfg(recipe, kind)
     seed = train_seed(recipe, iteration)
     args: dict[str, Any] = {
-        "output_dir": str(Path(out) / WORK_DIR), "logging_steps": 1, "report_to": "none", "seed": seed,
+        "output_dir": str(Path(out) / WORK_DIR), "logging_steps": 1, "seed": seed,
+        # report_to + run_name (<recipe>-iterNN-<dpo|eft>); `out` is iter_NN/<stage>.tmp, so the run is two up
+        **trainer_args(recipe, Path(out).resolve().parent.parent, iteration, "dpo" if kind == "dpo" else "eft"),
+        # A quiet console shows mrlite's own training bar; the trainer's per-step dicts go to log.txt.
+        "disable_tqdm": libraries_quiet(),
         "data_seed": seed, "max_length": cfg.max_length, "learning_rate": cfg.learning_rate,
         "num_train_epochs": cfg.epochs, "max_steps": cfg.max_steps or -1,
         "per_device_train_batch_size": cfg.batch_size, "gradient_accumulation_steps": cfg.grad_accum,
@@ -224,6 +231,44 @@ def _callback_class():
     return MetricsCallback
 
 
+@functools.cache
+def _progress_class():
+    from transformers import TrainerCallback
+
+    from mrlite.progress import StageProgress
+
+    class ProgressCallback(TrainerCallback):
+        """mrlite's one-line bar for a training stage (steps done/total, ETA) and its progress record, which
+        ``mrlite status`` reads from ``iter_NN/.parts/<stage>/`` (removed when the stage finishes)."""
+
+        def __init__(self, parts: Path, label: str, stage: str, t: int) -> None:
+            self.parts, self.label, self.stage, self.t = parts, label, stage, t
+            self.bar: StageProgress | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.parts.mkdir(parents=True, exist_ok=True)
+            self.bar = StageProgress(self.parts, self.label, int(state.max_steps or 0), done=int(state.global_step),
+                                     unit="steps", stage=self.stage, t=self.t)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.advance(1)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return ProgressCallback
+
+
+def progress_callback(out: Path, kind: str, iteration: int):
+    """A ``TrainerCallback`` drawing mrlite's training bar; ``out`` is ``iter_NN/<stage>.tmp``."""
+    stage = "train" if kind == "dpo" else "eft"
+    parts = Path(out).resolve().parent / PARTS_DIR / stage
+    return _progress_class()(parts, f"iter {iteration} {stage}" if kind == "dpo" else "eft", stage, iteration)
+
+
 def metrics_callback():
     """A ``transformers.TrainerCallback`` whose ``rows`` collects one metrics row per logging step."""
     return _callback_class()()
@@ -259,6 +304,7 @@ def run_trainer(trainer, collect, recipe: Recipe, kind: str, iteration: int, out
     last = last_checkpoint(out) if uses_checkpoints(recipe, kind) else None
     if last:
         log.info("%s iter %d: resuming training from %s", kind, iteration, Path(last).name)
+    trainer.add_callback(progress_callback(out, kind, iteration))
     trainer.train(resume_from_checkpoint=last)
     return rows_from_history(trainer.state.log_history) if last else collect.rows
 

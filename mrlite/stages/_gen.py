@@ -17,6 +17,7 @@ from typing import Any
 
 from mrlite import parallel
 from mrlite.backends.base import Completion, GenRequest, Sampling
+from mrlite.progress import StageProgress
 from mrlite.rundir import atomic_write_text, config_hash
 from mrlite.stages import StageContext, StageError, expected_marker_keys, fault_point
 
@@ -57,6 +58,8 @@ def generate_in_chunks(ctx: StageContext, stage: str, units: Sequence, build: Bu
     n_chunks = (len(units) + size - 1) // size
     reused = 0
     only = parallel.fan_out(ctx, stage, parts, n_chunks)  # worker processes (More than one GPU); None: all here
+    written = [len(units[ci * size:(ci + 1) * size]) for ci in range(n_chunks) if (parts / f"chunk_{ci:05d}.json").exists()]
+    progress = StageProgress(parts, f"iter {ctx.t} {stage}", len(units), done=sum(written), stage=stage, t=ctx.t)
     for ci in range(n_chunks):
         path = parts / f"chunk_{ci:05d}.json"
         if only is not None and ci not in only:
@@ -86,7 +89,9 @@ def generate_in_chunks(ctx: StageContext, stage: str, units: Sequence, build: Bu
         rows.extend(chunk_rows)
         stats.update(chunk_stats)
         log.debug("iter %d %s: chunk %d/%d written (%d rows)", ctx.t, stage, ci + 1, n_chunks, len(chunk_rows))
+        progress.advance(len(chunk_units), tokens=sum(c.n_tokens or 0 for out in outs for c in out or []))
         fault_point(f"{stage}:chunk")
+    progress.close()
     parallel.done()  # a worker process stops here, before the stage writes its files
     if reused:
         log.info("iter %d %s: resumed, %d of %d chunks were already written", ctx.t, stage, reused, n_chunks)
