@@ -66,8 +66,11 @@ def expected(path: str, base: str) -> set[str]:
         ("train.", {"train"}),
         ("backends.generator", gen),
         ("backends.trainer", {"eft", "train"}),
+        ("backends.hf.workers", set()),  # how many processes share the chunks: rows are seeded per row, not per worker
+        ("backends.vllm.data_parallel_size", set()),  # the same for vLLM engines
         (f"backends.{active_gen}.", gen),
         ("backends.", set()),  # an inactive backend's settings
+        ("log.", set()),  # trackers and their project name: where metrics go, not what a stage computes
     ]
     for prefix, stages in rules:
         if path == prefix or (prefix.endswith(".") and path.startswith(prefix)):
