@@ -129,10 +129,25 @@ def _candidates(value, annotation) -> list:
     return [c for c in out if c != value]
 
 
+EXTRA_CANDIDATES = {"log.report_to": ["tensorboard"]}
+"""Fields whose valid values no generic rule guesses (a tracker name)."""
+
+
+def _default(path: str):
+    model: type[BaseModel] = Recipe
+    *head, last = path.split(".")
+    for p in head:
+        model = _model_of(model.model_fields[p].annotation)
+    return model.model_fields[last].get_default(call_default_factory=True)
+
+
 def mutate(base: dict, path: str, annotation) -> Recipe | None:
     """``base`` with ``path`` changed to the first candidate value that validates (None if none does)."""
     parts = path.split(".")
-    for cand in _candidates(_get(base, path), annotation):
+    value = _get(base, path)
+    if value is None:  # a field left out of dumps while it holds its default (e.g. train.method): use the default
+        value = _default(path)
+    for cand in [*EXTRA_CANDIDATES.get(path, []), *_candidates(value, annotation)]:
         data = copy.deepcopy(base)
         node = data
         for p in parts[:-1]:
