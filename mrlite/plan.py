@@ -239,6 +239,21 @@ def generation_memory(shape: ModelShape, card_gib: float, util: float, quantizat
     return util * card_gib, weights, max(kv_gib, 0.0) * GIB / kv_bytes
 
 
+def meta_concurrency(shape: ModelShape, card_gib: float, util: float, quantization: str | None, kv_dtype: str,
+                     max_model_len: int, seq_tokens: float) -> str:
+    """How many meta-judge sequences (prompt + judgment) the KV cache holds at once, and with an fp8 KV cache.
+
+    Without prefix sharing (an upper bound on memory per sequence); vLLM runs at most this many at full speed,
+    the rest wait. Judge prompts are the longest of an iteration, so this is where a 24 GB card is KV-bound.
+    """
+    _, _, kv = generation_memory(shape, card_gib, util, quantization, kv_dtype, max_model_len)
+    text = f"KV cache holds ~{int(kv // max(seq_tokens, 1))} meta-judge seqs at once"
+    if not kv_dtype.startswith("fp8"):
+        _, _, kv8 = generation_memory(shape, card_gib, util, quantization, "fp8", max_model_len)
+        text += f" (kv_cache_dtype fp8: ~{int(kv8 // max(seq_tokens, 1))})"
+    return text
+
+
 def train_memory(shape: ModelShape, four_bit: bool, r: int, targets: list[str], batch: int, length: int,
                  sequences_per_row: int) -> float:
     """Peak GiB of one LoRA step with gradient checkpointing: weights + LoRA/Adam + activations + logits."""
@@ -336,6 +351,9 @@ def estimate(recipe: Recipe, shape: ModelShape, card: GPUClass, rates: Rates, *,
                               new_tokens=p * b * lm, peak_gib=peak, fits=gen_fits)
             m.seconds = m.prefill_tokens / rates.prefill_tok_s + m.new_tokens / decode
             m.detail = f"{b} battles/prompt"
+            if not hf:
+                m.detail += "; " + meta_concurrency(shape, card.total_gib, v.gpu_memory_utilization, quantization,
+                                                    v.kv_cache_dtype, r.model.max_model_len, mp + lm)
             out.append(m)
         out.append(StageEstimate(t, "pairs"))
         actor_rows = p * PAIR_YIELD["actor"]
@@ -514,6 +532,7 @@ __all__ = [
     "estimate",
     "generation_memory",
     "gpu_class_for",
+    "meta_concurrency",
     "model_shape",
     "plan_cmd",
     "train_memory",
