@@ -187,6 +187,28 @@ def sampling_kwargs(req: GenRequest, sampling: Sampling, max_tokens: int, stop_i
     return kw
 
 
+STRUCTURED_FIELD = "structured_outputs"
+"""The ``SamplingParams`` field that takes a ``StructuredOutputsParams``."""
+
+
+def split_structured(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``sampling_kwargs`` output split into ``SamplingParams`` fields and ``StructuredOutputsParams`` fields."""
+    kw = dict(kw)
+    regex = kw.pop("regex", None)
+    return kw, (None if regex is None else {"regex": regex})
+
+
+def force_sampling_kwargs(choices: list[int]) -> dict[str, Any]:
+    """``SamplingParams`` fields of one forced step: greedy, one token, restricted to the allowed value tokens."""
+    return {"n": 1, "temperature": 0.0, "max_tokens": 1, "allowed_token_ids": list(choices)}
+
+
+CHAT_KWARGS: dict[str, Any] = {"use_tqdm": True, "add_generation_prompt": True}
+"""Keywords of every ``LLM.chat`` call (besides the messages and the SamplingParams list)."""
+GENERATE_KWARGS: dict[str, Any] = {"use_tqdm": False}
+"""Keywords of every ``LLM.generate`` call (the forced steps, on token ids)."""
+
+
 def force_regex(force: str, score_range: tuple[float, float]) -> str:
     """Free text that must end with a parseable label: the structured-outputs pattern for a forced request."""
     if force == "score":
@@ -301,7 +323,7 @@ class VLLMGenerator:
             regex = force_regex(r.force, self.recipe.judge.score_range) if (r.force and structured) else None
             params.append(self._sampling_params(
                 sampling_kwargs(r, sampling, min(sampling.max_new_tokens, room), self.stop_ids, regex)))
-        outs = self.llm.chat([r.messages for r in requests], params, use_tqdm=True, add_generation_prompt=True)
+        outs = self.llm.chat([r.messages for r in requests], params, **CHAT_KWARGS)
         texts: dict[tuple[int, int], str] = {}
         ids: dict[tuple[int, int], list[int]] = {}
         prompt_ids: dict[int, list[int]] = {}
@@ -362,11 +384,11 @@ class VLLMGenerator:
     # Internals
 
     def _sampling_params(self, kw: dict[str, Any]):
-        regex = kw.pop("regex", None)
-        if regex is not None:
+        kw, structured = split_structured(kw)
+        if structured is not None:
             from vllm.sampling_params import StructuredOutputsParams
 
-            kw["structured_outputs"] = StructuredOutputsParams(regex=regex)
+            kw[STRUCTURED_FIELD] = StructuredOutputsParams(**structured)
         return self._vllm.SamplingParams(**kw)
 
     def _encode(self, messages: list[Message]) -> list[int]:
@@ -396,10 +418,9 @@ class VLLMGenerator:
         for i, j in todo:
             f = self._forcing_for(requests[i].force)
             prompts.append({"prompt_token_ids": prompt_ids[i] + ids[(i, j)] + f.prefix})  # stop tokens dropped
-            params.append(self._vllm.SamplingParams(n=1, temperature=0.0, max_tokens=1,
-                                                    allowed_token_ids=list(f.choices)))
+            params.append(self._vllm.SamplingParams(**force_sampling_kwargs(f.choices)))
             forcings.append(f)
-        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        outs = self.llm.generate(prompts, params, **GENERATE_KWARGS)
         result = {}
         for (i, j), f, o in zip(todo, forcings, outs, strict=True):
             tok = list(o.outputs[0].token_ids)[:1]
@@ -416,7 +437,9 @@ __all__ = [
     "engine_env",
     "engine_kwargs",
     "force_regex",
+    "force_sampling_kwargs",
     "forcing_tokens",
     "sampling_kwargs",
+    "split_structured",
     "stop_token_ids",
 ]
