@@ -423,10 +423,10 @@ def load_rates(path: str) -> dict:
     except (OSError, ValueError) as e:
         raise click.BadParameter(f"{path}: cannot read a JSON object of throughputs ({e})") from None
     known = set(Rates.__dataclass_fields__)
-    bad = sorted(set(data) - known) if isinstance(data, dict) else ["(not an object)"]
+    bad = sorted(set(data) - known - {"measured"}) if isinstance(data, dict) else ["(not an object)"]
     if bad:
         raise click.BadParameter(f"{path}: unknown keys {bad}; known: {sorted(known)}")
-    return data
+    return {k: v for k, v in data.items() if k != "measured"}  # `measured`: provenance (benchmarks/gpu_check.py)
 
 
 @click.command("plan")
