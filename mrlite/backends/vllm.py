@@ -7,6 +7,12 @@ through ``LLM.chat`` (``generate`` on a rendered string would add a second BOS),
 tokenizer, ``generation_config.json`` and the known end-of-turn tokens rather than trusted to each merged
 directory. Exercised by: ``mrlite run recipes/paper.yaml`` (needs a CUDA GPU and ``pip install 'mrlite[gpu]'``).
 
+Determinism: every request carries its own seed, but vLLM is not batch-invariant by default: a row's sample can
+change with the other requests batched with it, and a chunk regenerated after a kill starts with a cold prefix
+cache. ``backends.vllm.batch_invariant: true`` sets ``VLLM_BATCH_INVARIANT=1`` before the engine starts (vLLM's
+batch-invariant kernels; compute capability >= 8.0); the generation stages' markers record it with the backend
+section. Without CUDA (vLLM's CPU build) the engine gets settings that are safe there (``cpu_engine_kwargs``).
+
 Forced completion (``GenRequest.force``), in two layers:
 
 1. With ``backends.vllm.structured_outputs: true`` the request is regex-constrained
