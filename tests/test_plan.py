@@ -176,3 +176,34 @@ def test_meta_judge_sequences_in_the_kv_cache() -> None:
     r8 = recipe("paper", "backends.vllm.kv_cache_dtype=fp8")
     d8 = steps(estimate(r8, LLAMA3_8B, card, card.rates, prompt_tokens=100, quantization="fp8_per_tensor"), 1)
     assert "kv_cache_dtype fp8" not in d8["meta_judge"].detail  # already fp8: nothing to suggest
+
+
+def test_host_memory_per_stage() -> None:
+    from mrlite.plan import HOST_RUNTIME_GIB, SHARD_GIB, host_memory
+
+    w16 = LLAMA3_8B.params * 2 / GIB
+    paper = recipe("paper")  # vLLM + unsloth, NF4 training
+    assert host_memory(paper, LLAMA3_8B, "judge") == HOST_RUNTIME_GIB  # vLLM streams weights to the GPU
+    assert host_memory(recipe("paper", "backends.generator=hf"), LLAMA3_8B, "judge") == pytest.approx(
+        HOST_RUNTIME_GIB + w16)
+    # the merge streams shard by shard: far below an fp32 copy of the model (32 GB for 8B)
+    trl16 = recipe("paper", "backends.trainer=trl", "train.load_in_4bit=false")
+    assert host_memory(trl16, LLAMA3_8B, "train") == pytest.approx(HOST_RUNTIME_GIB + w16)  # 16-bit load via host
+    trl4 = recipe("paper", "backends.trainer=trl")
+    merge = host_memory(trl4, LLAMA3_8B, "train")
+    assert SHARD_GIB + HOST_RUNTIME_GIB < merge < SHARD_GIB + HOST_RUNTIME_GIB + 2 < 32
+    # unsloth's offloaded gradient checkpointing: one bf16 activation per layer and sequence in host memory
+    offload = 32 * 2 * 3072 * 4096 * 2 / GIB
+    assert host_memory(paper, LLAMA3_8B, "train") == pytest.approx(HOST_RUNTIME_GIB + max(offload, merge - 3.0))
+    assert host_memory(paper, LLAMA3_8B, "pairs") == 0.0
+
+
+def test_cli_warns_about_host_ram() -> None:
+    r = invoke(str(REPO / "recipes" / "paper.yaml"), "--gpu-mem", "24", "--host-ram", "12",
+               "--set", "backends.generator=hf")
+    assert r.exit_code == 0, r.output
+    assert "host GiB" in r.output
+    assert ("WARN iter 1 sample: needs ~18 GiB of host RAM, planned for 12 GiB; use the vllm generator"
+            in r.output)
+    r = invoke(str(REPO / "recipes" / "paper.yaml"), "--gpu-mem", "24", "--host-ram", "64")
+    assert "of host RAM" not in r.output
