@@ -268,7 +268,7 @@ class VLLMGenerator:
     def __init__(self, recipe: Recipe, model: str):
         from mrlite.gpu import cpu_has_bf16, gpus
         from mrlite.models import check_chat_template
-        from mrlite.plan import weights_gib_16bit
+        from mrlite.shapes import weights_gib_16bit
 
         devs = gpus()
         card = devs[0] if devs else None
