@@ -18,7 +18,9 @@ from pathlib import Path
 import click
 
 from mrlite.recipe import Recipe
-from mrlite.shapes import GIB, KNOWN_SHAPES, ModelShape, model_shape, weights_gib_16bit
+from mrlite.shapes import (
+    GIB, KNOWN_SHAPES, NF4_BYTES, TRAIN_OVERHEAD_GIB, ModelShape, model_shape, weights_gib_16bit,
+)
 
 CHARS_PER_TOKEN = 4.0
 """English text with Llama-3/Qwen BPE tokenizers: about 4 characters per token."""
@@ -32,9 +34,6 @@ PAIR_YIELD = {"actor": 0.85, "judge": 0.6}
 """Assumed share of prompts that give an actor pair / a judge pair (ties and unparsed rows give none)."""
 GEN_OVERHEAD_GIB = 2.0
 """vLLM runtime besides weights and KV cache: CUDA context, activations, CUDA graphs, sampler."""
-TRAIN_OVERHEAD_GIB = 1.5
-NF4_BYTES = 0.53
-"""NF4 bytes per linear weight: 4 bits + fp32 absmax per 64 (double-quantised)."""
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -95,3 +95,36 @@ def test_unsupported_adapters_write_nothing(tmp_path: Path) -> None:
         merge_streaming(base, tmp_path / "adapter", tmp_path / "out2")
     cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert cfg["use_dora"] is True
+
+
+class _Tok:
+    def save_pretrained(self, d) -> None:
+        (Path(d) / "tokenizer_config.json").write_text('{"saved": true}')
+
+
+def test_trl_trainer_merges_by_streaming(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("trl")
+    import mrlite
+    from mrlite.backends.trl import TRLTrainer
+
+    base = tiny_base(tmp_path / "base", torch.bfloat16)
+    adapter = lora_adapter(base, tmp_path / "adapter")
+    trainer = TRLTrainer(mrlite.load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml"), 1)
+    fp32 = []
+
+    def fake_fp32(self, base_, adapter_, model_dir):
+        fp32.append((base_, adapter_))
+        model_dir.mkdir(parents=True)
+
+    monkeypatch.setattr(TRLTrainer, "_merge_fp32", fake_fp32)
+    trainer._merge(str(base), adapter, tmp_path / "model", _Tok(), "dpo")
+    assert fp32 == []  # no fp32 copy of the model on the host
+    ours = load_file(str(tmp_path / "model" / "model.safetensors"))
+    ref = peft_reference(base, adapter, torch.bfloat16)
+    assert all(torch.equal(t, ref[n]) for n, t in ours.items())
+    assert json.loads((tmp_path / "model" / "tokenizer_config.json").read_text()) == {"saved": True}
+    assert json.loads((tmp_path / "model" / "lineage.json").read_text())["adapters"][-1]["kind"] == "dpo"
+    # what the stream cannot merge falls back to peft's fp32 merge
+    dora = lora_adapter(base, tmp_path / "dora", use_dora=True)
+    trainer._merge(str(base), dora, tmp_path / "model2", _Tok(), "dpo")
+    assert len(fp32) == 1 and fp32[0][1] == dora

@@ -137,7 +137,7 @@ class UnslothTrainer:
         kept, dropped = core.fitting_rows(data, tokenizer, kind, self.cfg.max_length, rows_path)
         model = self._lora(model)
         collect = core.metrics_callback()
-        trainer = self._trainer(model, tokenizer, kept, out, kind, collect)
+        trainer = self._trainer(model, tokenizer, kept, out, kind, collect, base_dir)
         metrics = core.run_trainer(trainer, collect, self.recipe, kind, self.iteration, out)
         train_seconds = time.perf_counter() - t0
         core.check_finite(metrics, kind)
@@ -179,22 +179,41 @@ class UnslothTrainer:
             bias="none", use_gradient_checkpointing="unsloth", random_state=self.seed,
         )
 
-    def _backend_args(self, kind: str) -> dict[str, Any]:
-        """What unsloth adds to the recipe's config fields: the GPU's 16-bit type, precomputed reference log-probs."""
+    def _backend_args(self, kind: str, base_dir: Path | None = None) -> dict[str, Any]:
+        """What unsloth adds to the recipe's config fields: the GPU's 16-bit type, precomputed reference log-probs.
+
+        The reference pass is batched as the card allows (``precompute_ref_batch_size`` from the model's shape and
+        the card's memory, ``mrlite.shapes.ref_batch_size``); TRL would otherwise use the train batch size.
+        """
         from unsloth import is_bfloat16_supported
 
         bf16 = bool(is_bfloat16_supported())
         args: dict[str, Any] = {"bf16": bf16, "fp16": not bf16}
         if kind == "dpo":
             args["precompute_ref_log_probs"] = True
+            ref = self._ref_batch_size(base_dir) if base_dir is not None else None
+            if ref is not None:
+                args["precompute_ref_batch_size"] = ref
         return args
 
-    def _trainer(self, model, tokenizer, rows: list[dict], out: Path, kind: str, collect):
+    def _ref_batch_size(self, base_dir: Path) -> int | None:
+        from mrlite.gpu import gpus
+        from mrlite.shapes import model_shape, ref_batch_size
+
+        devs, shape = gpus(), model_shape(str(base_dir))
+        if not devs or shape is None:
+            return None
+        c = self.recipe.train
+        return ref_batch_size(shape, devs[0].total_gib, four_bit=c.load_in_4bit, max_length=c.max_length,
+                              train_batch=c.batch_size, lora_params=shape.lora_params(c.lora.r, c.lora.target_modules))
+
+    def _trainer(self, model, tokenizer, rows: list[dict], out: Path, kind: str, collect, base_dir: Path | None = None):
         from datasets import Dataset
         from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
         config_cls = DPOConfig if kind == "dpo" else SFTConfig
-        args = core.trainer_config(config_cls, self.recipe, kind, self.iteration, out, self._backend_args(kind))
+        args = core.trainer_config(config_cls, self.recipe, kind, self.iteration, out,
+                                   self._backend_args(kind, base_dir))
         if kind == "dpo":
             return DPOTrainer(model=model, ref_model=None, args=args, train_dataset=Dataset.from_list(rows),
                               processing_class=tokenizer, callbacks=[collect])
@@ -203,7 +222,7 @@ class UnslothTrainer:
 
     def _save(self, model, tokenizer, base: str, base_dir: Path, out: Path, kind: str) -> None:
         adapter, merged = out / "adapter", out / "model"
-        model.save_pretrained(str(adapter))
+        model.save_pretrained(str(adapter), selected_adapters=[core.TRAINED_ADAPTER])  # not TRL's frozen "ref" copy
         model.save_pretrained_merged(str(merged), tokenizer, save_method=MERGE_METHOD)
         core.portable_adapter(adapter, str(base_dir), out)  # no absolute paths in run files (after the merge read it)
         gen = base_dir / "generation_config.json"
