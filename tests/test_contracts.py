@@ -15,7 +15,9 @@ the test, and are checked against the real signatures:
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
+import inspect
 import os
 import zipfile
 from functools import cache
@@ -181,3 +183,147 @@ def test_vllm_environment_variables_exist() -> None:
     names |= {BATCH_INVARIANT_ENV, "VLLM_CPU_KVCACHE_SPACE"}
     for name in names:
         assert f'"{name}": lambda' in envs, f"vllm {src.where}: no environment variable {name}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# keywords of calls written out in mrlite's own source (trainer constructors, LoraConfig, save_pretrained)
+
+
+def call_keywords(module: str, name: str) -> set[str]:
+    """Keyword names of every call to ``name`` (a function or an attribute) in ``mrlite/<module>`` (not ``**``)."""
+    tree = ast.parse((REPO / "mrlite" / module).read_text(encoding="utf-8"))
+    out: set[str] = set()
+    found = False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            callee = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None)
+            if callee == name:
+                found = True
+                out |= {k.arg for k in node.keywords if k.arg is not None}
+    assert found, f"no call to {name} in mrlite/{module}"
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# TRL (installed; and the GPU set's 1.15 from its wheel when present) and peft
+
+
+RECIPES = ("tiny", "paper", "paper_80gb", "colab_t4")
+
+
+def trl_config_keys(kind: str, tmp_path: Path, monkeypatch) -> set[str]:
+    """Every DPOConfig/SFTConfig field either trainer backend sets, from their own builders."""
+    import types
+
+    import mrlite.gpu
+    from mrlite.backends import train_core as core
+    from mrlite.backends.trl import TRLTrainer
+    from mrlite.backends.unsloth import UnslothTrainer
+    from trl import DPOConfig, SFTConfig
+
+    fake = types.ModuleType("unsloth")
+    fake.is_bfloat16_supported = lambda: True
+    monkeypatch.setitem(__import__("sys").modules, "unsloth", fake)
+    monkeypatch.setattr(mrlite.gpu, "gpus", lambda use_torch=True: [mrlite.gpu.GPUInfo(0, "H100", 79.2, (9, 0))])
+    base = tmp_path / "base"
+    base.mkdir(exist_ok=True)
+    (base / "config.json").write_text('{"vocab_size": 128256, "hidden_size": 4096, "num_hidden_layers": 32, '
+                                      '"num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336}')
+    keys: set[str] = set()
+    cls = DPOConfig if kind == "dpo" else SFTConfig
+    for name in RECIPES:
+        r = recipe(name)
+        keys |= set(core.recipe_args(r, kind, 1, tmp_path)) | set(core.trl_args(r, kind))
+        keys |= set(TRLTrainer(r, 1)._backend_args(cls, kind, r.train.load_in_4bit))
+        u = object.__new__(UnslothTrainer)
+        u.recipe, u.iteration, u.cfg, u.seed = r, 1, core.section_cfg(r, kind), 1
+        backend = u._backend_args(kind, base)
+        if kind == "dpo":
+            assert "precompute_ref_batch_size" in backend  # the memory-plan batch reaches the config
+        keys |= set(backend)
+    return keys
+
+
+@pytest.mark.parametrize("kind", ["dpo", "sft"])
+def test_trl_config_fields_exist(kind, tmp_path, monkeypatch) -> None:
+    pytest.importorskip("trl")
+    import trl
+
+    keys = trl_config_keys(kind, tmp_path, monkeypatch)
+    cls = trl.DPOConfig if kind == "dpo" else trl.SFTConfig
+    fields = {f.name for f in dataclasses.fields(cls)}
+    assert not keys - fields, f"trl {trl.__version__} {cls.__name__} has no {sorted(keys - fields)}"
+
+
+@pytest.mark.parametrize("kind", ["dpo", "sft"])
+def test_trl_config_fields_exist_in_the_gpu_pin(kind, tmp_path, monkeypatch) -> None:
+    """TRL 1.15 (the GPU set; unsloth caps TRL there) from its wheel: its config fields + TrainingArguments'."""
+    pytest.importorskip("trl")
+    wheels = sorted(w for d in wheel_dirs() for w in d.glob("trl-1.15*.whl"))
+    if not wheels:
+        pytest.skip("no trl 1.15 wheel in MRLITE_WHEELS (pip download --no-deps -d /tmp/wheels trl==1.15.0)")
+    src = Source.__new__(Source)  # the wheel, not the installed (CPU set) trl
+    src.package, src._dir, src._zip, src.where = "trl", None, zipfile.ZipFile(wheels[-1]), f"wheel {wheels[-1].name}"
+    from transformers import TrainingArguments
+
+    name, rel = ("DPOConfig", "trainer/dpo_config.py") if kind == "dpo" else ("SFTConfig", "trainer/sft_config.py")
+    fields = class_fields(src.tree(rel), name) | class_fields(src.tree("trainer/base_config.py"), "_BaseConfig")
+    fields |= {f.name for f in dataclasses.fields(TrainingArguments)}
+    keys = trl_config_keys(kind, tmp_path, monkeypatch)
+    assert not keys - fields, f"trl 1.15 {name} has no {sorted(keys - fields)}"
+
+
+def test_trl_trainer_constructor_keywords_exist() -> None:
+    pytest.importorskip("trl")
+    import trl
+
+    # the TRL backend calls the class it picked (`trainer_cls(...)`); unsloth names each
+    for cls in ("DPOTrainer", "SFTTrainer"):
+        params = set(inspect.signature(getattr(trl, cls).__init__).parameters)
+        for module, callee in (("backends/trl.py", "trainer_cls"), ("backends/unsloth.py", cls)):
+            used = call_keywords(module, callee)
+            assert used <= params, f"trl {trl.__version__} {cls} takes no {sorted(used - params)} ({module})"
+
+
+def test_peft_keywords_exist() -> None:
+    pytest.importorskip("peft")
+    import peft
+
+    lora_fields = {f.name for f in dataclasses.fields(peft.LoraConfig)}
+    used = call_keywords("backends/trl.py", "LoraConfig")
+    assert used <= lora_fields, f"peft {peft.__version__} LoraConfig has no {sorted(used - lora_fields)}"
+    save = set(inspect.signature(peft.PeftModel.save_pretrained).parameters)
+    for module in ("backends/trl.py", "backends/unsloth.py"):
+        used = call_keywords(module, "save_pretrained") - {"save_method"}  # unsloth's merged save is checked below
+        assert used <= save, f"peft {peft.__version__} save_pretrained takes no {sorted(used - save)} ({module})"
+    assert "selected_adapters" in save
+    assert hasattr(peft.PeftModel, "from_pretrained") and hasattr(peft.LoraModel, "merge_and_unload")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# unsloth 2026.10.9 (from its wheel)
+
+
+def test_unsloth_keywords_exist(tmp_path) -> None:
+    from mrlite.backends.unsloth import MERGE_METHOD, load_kwargs, lora_kwargs
+
+    src = source("unsloth")
+    loader = src.tree("models/loader.py")
+    params, _ = method_params(loader, "FastLanguageModel", "from_pretrained")
+    for name in RECIPES:
+        r = recipe(name, "model.trust_remote_code=true")
+        for cfg in (r.train, r.eft):
+            used = set(load_kwargs(r, cfg, tmp_path))
+            assert used <= set(params), f"unsloth {src.where}: from_pretrained takes no {sorted(used - set(params))}"
+            lora = set(lora_kwargs(cfg, 3))
+            peft_params, _ = method_params(src.tree("models/llama.py"), "FastLlamaModel", "get_peft_model")
+            assert lora <= set(peft_params), f"unsloth get_peft_model takes no {sorted(lora - set(peft_params))}"
+    save = src.read("save.py")
+    merged = ast.parse(save)
+    fn = next(n for n in merged.body if isinstance(n, ast.FunctionDef)
+              and n.name == "unsloth_generic_save_pretrained_merged")
+    assert "save_method" in {a.arg for a in (*fn.args.args, *fn.args.kwonlyargs)}
+    assert f'"{MERGE_METHOD}"' in save
+    init = src.read("__init__.py")
+    assert "is_bfloat16_supported" in init and "FastLanguageModel" in init

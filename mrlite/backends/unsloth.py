@@ -88,6 +88,30 @@ def write_lineage(model_dir: Path, base: str, iteration: int, kind: str, adapter
     return core.write_lineage(model_dir, base, iteration, kind, adapter, trainer="unsloth", merge=MERGE_METHOD)
 
 
+def load_kwargs(recipe: Recipe, cfg, base_dir: Path) -> dict[str, Any]:
+    """``FastLanguageModel.from_pretrained`` keywords: the local 16-bit directory, NF4 or 16-bit, exact name."""
+    four_bit = recipe.train.load_in_4bit
+    kw: dict[str, Any] = {
+        "model_name": str(base_dir),
+        "max_seq_length": cfg.max_length,
+        "dtype": None,  # bf16 where the GPU has it, else fp16 (T4)
+        "load_in_4bit": four_bit,
+        "load_in_16bit": not four_bit,
+        "use_exact_model_name": True,
+    }
+    if recipe.model.trust_remote_code:
+        kw["trust_remote_code"] = True
+    return kw
+
+
+def lora_kwargs(cfg, seed: int) -> dict[str, Any]:
+    """``FastLanguageModel.get_peft_model`` keywords (besides the model) for ``cfg.lora``."""
+    lora = cfg.lora
+    return {"r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
+            "target_modules": list(lora.target_modules), "bias": "none", "use_gradient_checkpointing": "unsloth",
+            "random_state": seed}
+
+
 class UnslothTrainer:
     """Trainer backend on unsloth + TRL (one CUDA GPU).
 
@@ -153,18 +177,7 @@ class UnslothTrainer:
 
         from mrlite.models import check_chat_template
 
-        four_bit = self.recipe.train.load_in_4bit
-        kw: dict[str, Any] = {
-            "model_name": str(base_dir),
-            "max_seq_length": self.cfg.max_length,
-            "dtype": None,  # bf16 where the GPU has it, else fp16 (T4)
-            "load_in_4bit": four_bit,
-            "load_in_16bit": not four_bit,
-            "use_exact_model_name": True,
-        }
-        if self.recipe.model.trust_remote_code:
-            kw["trust_remote_code"] = True
-        model, tokenizer = FastLanguageModel.from_pretrained(**kw)
+        model, tokenizer = FastLanguageModel.from_pretrained(**load_kwargs(self.recipe, self.cfg, base_dir))
         check_chat_template(tokenizer, self.recipe.model.base)
         if tokenizer.pad_token is None:  # Llama-3 has none
             tokenizer.pad_token = tokenizer.eos_token
@@ -173,11 +186,7 @@ class UnslothTrainer:
     def _lora(self, model):
         from unsloth import FastLanguageModel
 
-        lora = self.cfg.lora
-        return FastLanguageModel.get_peft_model(
-            model, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules),
-            bias="none", use_gradient_checkpointing="unsloth", random_state=self.seed,
-        )
+        return FastLanguageModel.get_peft_model(model, **lora_kwargs(self.cfg, self.seed))
 
     def _backend_args(self, kind: str, base_dir: Path | None = None) -> dict[str, Any]:
         """What unsloth adds to the recipe's config fields: the GPU's 16-bit type, precomputed reference log-probs.
@@ -232,4 +241,5 @@ class UnslothTrainer:
         shutil.rmtree(out / core.WORK_DIR, ignore_errors=True)
 
 
-__all__ = ["MERGE_METHOD", "UnslothTrainer", "import_unsloth", "local_base", "write_lineage"]
+__all__ = ["MERGE_METHOD", "UnslothTrainer", "import_unsloth", "load_kwargs", "local_base", "lora_kwargs",
+           "write_lineage"]
