@@ -3,7 +3,8 @@
 Each call trains a new peft LoRA on ``base`` (the previous iteration's merged model), so DPO's reference model is
 ``base`` itself (TRL computes it with the adapter disabled; no second copy is loaded), which is the paper's
 M_t -> M_{t+1} step (Meta-Rewarding, arXiv 2407.19594 §2.3; Self-Rewarding, arXiv 2401.10020 §2.3). The adapter is
-then merged into an unquantised copy of ``base`` and saved with a ``lineage.json``.
+then merged shard by shard into the unquantised weights of ``base`` (``mrlite.merge``; on the GPU when there is one)
+and saved with a ``lineage.json``; only the trained adapter is saved.
 Exercised by: ``mrlite run recipes/tiny.yaml``.
 """
 

@@ -8,6 +8,8 @@ unsloth from swapping in its pre-quantised Hub twin), add a LoRA, run TRL's ``DP
 log-probs, save the adapter, then ``save_pretrained_merged(..., save_method="merged_16bit")``: the LoRA delta
 is merged into the pristine 16-bit weights read shard by shard from that local directory, so nothing is
 downloaded and nothing is ever merged into 4-bit (an NF4 requantisation can round a DPO delta away, §1.5).
+The reference log-probs are precomputed in batches sized from the card's memory (``shapes.ref_batch_size``), and
+only the trained adapter is saved (TRL adds a frozen "ref" copy next to it when given a PeftModel).
 Writes ``out/adapter/``, ``out/model/`` (weights, tokenizer, generation_config.json, lineage.json).
 Exercised by: ``mrlite run recipes/paper.yaml --only train --iter 1`` (needs ``pip install 'mrlite[gpu]'``).
 """
