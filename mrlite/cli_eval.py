@@ -21,6 +21,20 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
 
 
+def _need_eval_extra(command: str, modules: dict[str, str]) -> None:
+    """Stop before any work when the ``eval`` extra is missing (``modules``: import name → package name): one line
+    naming the install command."""
+    import importlib
+
+    for name, package in modules.items():
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise click.ClickException(
+                f"mrlite {command} needs the eval extra ({package} is not installed): pip install -e \".[eval]\" "
+                "(or pip install \"mrlite[eval]\")") from None
+
+
 # --------------------------------------------------------------------------------------------------------------
 # mrlite data
 
@@ -190,16 +204,19 @@ def _iters(value: str | None) -> list[int] | None:
 @click.option("--temperature", type=float, help="Answer sampling (default: the recipe's actor temperature).")
 @click.option("--max-new-tokens", type=int, help="Answer budget (default: the recipe's actor budget).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--agreement/--no-agreement", default=True, show_default=True,
+              help="With an openai: judge, also judge every pair with the newest model and report its agreement.")
 @click.option("-v", "--verbose", count=True)
 @click.option("-q", "--quiet", is_flag=True)
 @_errors
 def eval_cmd(run_dir, iters, judge, api_key_env, prompts, column, split, limit, human, human_split, human_limit,
              human_n, lang, bootstrap, concurrency, retries, judge_max_tokens, temperature, max_new_tokens, seed,
-             verbose, quiet):
+             agreement, verbose, quiet):
     """Evaluate every iteration's model of RUN_DIR: exports, win rates (both orders, LC), judge quality.
 
-    Writes RUN_DIR/eval/: answers, AlpacaEval and Arena-Hard exports, judgments, summary.json. Answers and
-    verdicts are cached, so running it again judges nothing twice.
+    Writes RUN_DIR/eval/: answers, AlpacaEval and Arena-Hard exports, AlpacaEval annotation files (one per
+    comparison), judgments, summary.json. LC is AlpacaEval's length-controlled win rate without its
+    instruction-difficulty term. Answers and verdicts are cached, so running it again judges nothing twice.
 
     \b
     Examples:
@@ -207,13 +224,15 @@ def eval_cmd(run_dir, iters, judge, api_key_env, prompts, column, split, limit, 
       mrlite eval runs/tiny --iters 1,2 --human tests/assets/oasst_messages.jsonl --human-split train
       mrlite eval runs/qwen --judge openai:https://api.openai.com/v1#gpt-4o-mini --limit 200
     """
+    _need_eval_extra("eval", {"sklearn": "scikit-learn"})
     from mrlite.evaluate import run_eval
 
     _logging(verbose, quiet)
     s = run_eval(run_dir, iters=_iters(iters), judge=judge, prompts=prompts, column=column, split=split, limit=limit,
                  human=human, human_split=human_split, human_limit=human_limit, human_n=human_n, lang=lang or None,
                  api_key_env=api_key_env or None, n_boot=bootstrap, concurrency=concurrency, retries=retries,
-                 judge_max_tokens=judge_max_tokens, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+                 judge_max_tokens=judge_max_tokens, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
+                 agreement=agreement)
     click.echo(f"judge {s['judge']}: {s['judge_calls']} verdicts asked, {s['judge_cached']} cached; "
                f"{s['answer_calls']} answers generated, {s['answer_cached']} cached")
     if not s["comparisons"]:
@@ -226,6 +245,18 @@ def eval_cmd(run_dir, iters, judge, api_key_env, prompts, column, split, limit, 
         click.echo(f"{c['label']:<12} {_pct(c['win_rate']):>6} {_pct(ci[0]):>6}-{_pct(ci[1]):<6} "
                    f"{_pct(c['lc_win_rate']):>6} {_pct(lci[0]):>6}-{_pct(lci[1]):<6} {c['ties']:>5} "
                    f"{_pct(c['consistency']):>8} {c['failed_prompts']:>6}")
+    if s["comparisons"]:
+        click.echo(f"LC = {s['lc_definition']['name']}")
+    for c in s["comparisons"]:
+        for w in c.get("lc_warnings") or []:
+            click.echo(f"warning: {c['label']} LC {w}")
+    a = s.get("judge_agreement")
+    if a:
+        x = a["all"]
+        ci = x["agreement_ci"] or [None, None]
+        click.echo(f"self-judge {a['judge']} vs {a['reference']}: agreement {_pct(x['agreement'])}% "
+                   f"[{_pct(ci[0])}-{_pct(ci[1])}] on {x['pairs']} ordered pairs, w/o ties "
+                   f"{_pct(x['agreement_no_ties'])}% on {x['decisive']}")
     for q in (s["human"] or {}).get("models", []):
         click.echo(f"judge M{q['t']} vs humans: agreement {_pct(q['agreement'])}%, w/o ties "
                    f"{_pct(q['agreement_no_ties'])}%, Spearman {q['spearman'] if q['spearman'] is None else round(q['spearman'], 3)}")
@@ -249,6 +280,7 @@ def report_cmd(run_dir, log_to, project, quiet):
       mrlite report runs/smoke
       mrlite report runs/tiny --log wandb --project my-mr
     """
+    _need_eval_extra("report", {"matplotlib": "matplotlib"})
     from mrlite.report import write_report
 
     _logging(0, quiet)

@@ -8,30 +8,36 @@ the next eval asks again. Exercised by: ``mrlite eval runs/smoke``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.resources
 from pathlib import Path
 from string import Template
 
 from mrlite.backends.base import GenRequest, Sampling
 from mrlite.datagen import fits
 from mrlite.rundir import atomic_write_jsonl, derive_seed, read_jsonl
-from mrlite.winrate import PromptResult, parse_verdict
+from mrlite.parsing import parse_pairwise
+from mrlite.winrate import PromptResult
 
-PAIRWISE_PROMPT = Template(
-    "Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants to "
-    "the user question displayed below. Choose the assistant that follows the user's instructions and answers "
-    "the user's question better, considering helpfulness, relevance, accuracy, depth and level of detail. Begin "
-    "your evaluation by comparing the two responses and provide a short explanation. Avoid any position biases "
-    "and ensure that the order in which the responses were presented does not influence your decision. Do not "
-    "allow the length of the responses to influence your evaluation. Be as objective as possible. After "
-    "providing your explanation, output your final verdict by strictly following this format: [[A]] if "
-    "assistant A is better, [[B]] if assistant B is better, and [[C]] for a tie.\n\n"
-    "[User Question]\n$prompt\n\n[The Start of Assistant A's Answer]\n$answer_a\n[The End of Assistant A's Answer]"
-    "\n\n[The Start of Assistant B's Answer]\n$answer_b\n[The End of Assistant B's Answer]"
-)
-"""MT-Bench's pairwise judge prompt (Zheng et al. 2023, arXiv 2306.05685, Figure 5), lightly shortened."""
-PROMPT_VERSION = "mtbench-pairwise-v1"
+PAIRWISE_TEMPLATE = "eval_pairwise.txt"
+"""Eval's pairwise-answer judge prompt in ``mrlite/templates/`` (MT-Bench's verdict format); its answer is read
+by ``mrlite.parsing.parse_pairwise``."""
+PROMPT_VERSION = "mrlite-pairwise-v1"
 """Part of every verdict's cache key: change it when the prompt changes."""
+
+
+@functools.cache
+def pairwise_template() -> Template:
+    """The pairwise judge template (``$prompt``, ``$answer_a``, ``$answer_b``)."""
+    from mrlite.prompts import load_template
+
+    return Template(load_template(str(importlib.resources.files("mrlite") / "templates" / PAIRWISE_TEMPLATE)))
+
+
+def render_pairwise(prompt: str, answer_a: str, answer_b: str) -> str:
+    """The judge prompt for one ordered pair: ``answer_a`` is shown first."""
+    return pairwise_template().substitute(prompt=prompt, answer_a=answer_a, answer_b=answer_b)
 
 
 def key_of(*parts: object) -> str:
@@ -65,7 +71,7 @@ class LocalJudge:
 
     def judge(self, items: list[tuple[str, str]]) -> list[tuple[str | None, str | None]]:
         reqs = [GenRequest(id=i, messages=[{"role": "user", "content": text}], n=1, seed=derive_seed("judge", i),
-                           role="meta_judge") for i, text in items]
+                           role="eval") for i, text in items]
         ok = fits(self.gen, reqs, self.max_model_len)
         send = [r for r, k in zip(reqs, ok, strict=True) if k]
         outs = iter(self.gen.generate(send, self.sampling) if send else [])
@@ -111,7 +117,7 @@ def judge_comparison(judge, cache: JsonlCache, label: str, ans_t: list[dict], an
         for t_first in (True, False):
             first, second = (a, b) if t_first else (b, a)
             key = key_of(judge.identity, PROMPT_VERSION, a["prompt"], first["output"], second["output"])
-            text = PAIRWISE_PROMPT.substitute(prompt=a["prompt"], answer_a=first["output"], answer_b=second["output"])
+            text = render_pairwise(a["prompt"], first["output"], second["output"])
             jobs.append((i, t_first, key, text, f"{first['generator']}:{a['prompt_id']}|{second['generator']}:"
                                                 f"{a['prompt_id']}"))
     todo = [j for j in jobs if cache.get(j[2]) is None]
@@ -122,7 +128,7 @@ def judge_comparison(judge, cache: JsonlCache, label: str, ans_t: list[dict], an
             if text is None:
                 errors[key] = err or "no answer"  # not cached: a later eval retries it
             else:
-                cache.put({"key": key, "judge": judge.identity, "text": text, "verdict": parse_verdict(text)})
+                cache.put({"key": key, "judge": judge.identity, "text": text, "verdict": parse_pairwise(text)})
         cache.save()
     verdicts: dict[tuple[int, bool], int | None] = {}
     rows = []

@@ -1,11 +1,12 @@
 """``mrlite eval RUN_DIR``: answers of every iteration's model, leaderboard exports, pairwise win rates judged in
-both orders, judge quality against human rankings, and the meta-judge's biases.
+both orders (raw and AlpacaEval-style LC, with AlpacaEval annotation files), judge quality against human rankings
+and against an external judge, and the meta-judge's biases.
 
 The paper evaluates with AlpacaEval 2 (LC win rate) and Arena-Hard, GPT-4 judging, plus judge agreement with
-humans on Open Assistant and the meta-judge's positional and score bias (algorithm.md Part B §7; arXiv
-2407.19594 Tables 1-5, 7). This module does the offline, cheap version of each and exports the answers for the
-paid ones. Everything lands in ``RUN_DIR/eval/`` (atomic writes); answers and judgments are cached under
-``eval/cache/`` by content, so a repeated eval makes no model or judge call. Exercised by:
+GPT-4 and with humans on Open Assistant and the meta-judge's positional and score bias (algorithm.md Part B §7;
+arXiv 2407.19594 Tables 1-5, 7). This module does the offline, cheap version of each and exports the answers and
+verdicts for the official tools. Everything lands in ``RUN_DIR/eval/`` (atomic writes); answers and judgments are
+cached under ``eval/cache/`` by content, so a repeated eval makes no model or judge call. Exercised by:
 ``mrlite eval runs/smoke``.
 """
 
@@ -28,11 +29,22 @@ from mrlite.rundir import (
 from mrlite.runstats import meta_judge_biases, run_iterations
 from mrlite.sources import load_prompt_pool, normalize_prompt
 from mrlite.eval_judge import PROMPT_VERSION, EndpointJudge, JsonlCache, LocalJudge, judge_comparison, key_of
-from mrlite.winrate import summarize
+from mrlite.winrate import LC_NAME, PromptResult, judge_agreement, summarize
 
 log = logging.getLogger(__name__)
 
 EVAL_DIR = "eval"
+LC_DEFINITION = {
+    "name": LC_NAME,
+    "features": "tanh(dlen / std(dlen)) + model term; dlen = M_t's answer minus the baseline's, in characters, std "
+                "with ddof 1",
+    "fit": "logistic, per-prompt preference (share of the two orders M_t won, tie = 1/2) as the target, L2 with C = "
+           "100 on both terms",
+    "read_out": "at dlen = 0: AlpacaEval's length_controlled_minimal GLM on eval/alpaca_eval/annotations_*.json, with "
+                "a fixed weak penalty where AlpacaEval cross-validates an L1 one",
+}
+
+
 class EvalError(MrliteError, ValueError):
     """An eval problem a user can fix. One line."""
 
@@ -245,7 +257,7 @@ def run_eval(run_dir: str | Path, *, iters: Sequence[int] | None = None, judge: 
              human: str | None = None, human_split: str = "validation", human_limit: int = 50, human_n: int = 1,
              lang: str | None = "en", api_key_env: str | None = "OPENAI_API_KEY", n_boot: int = 200,
              concurrency: int = 4, retries: int = 4, judge_max_tokens: int = 512, temperature: float | None = None,
-             max_new_tokens: int | None = None, seed: int = 0) -> dict:
+             max_new_tokens: int | None = None, seed: int = 0, agreement: bool = True) -> dict:
     """Run the whole evaluation of a run directory; returns (and writes) ``eval/summary.json``.
 
     Args:
@@ -265,6 +277,8 @@ def run_eval(run_dir: str | Path, *, iters: Sequence[int] | None = None, judge: 
         temperature: Answer sampling temperature (default: the recipe's actor temperature).
         max_new_tokens: Answer budget (default: the recipe's actor budget).
         seed: Seed of the answer sampling.
+        agreement: With an endpoint judge, also judge every pair with the self-judge (the newest model) and
+            report its agreement with the endpoint's verdicts (``judge_agreement`` in the summary).
 
     Returns:
         The summary dict.
@@ -292,12 +306,17 @@ def run_eval(run_dir: str | Path, *, iters: Sequence[int] | None = None, judge: 
     answers, counts, quality, hrows = _answer_all(recipe, ev, models, plist, sampling, seed, dataset, ranked, human_n)
     judge_obj = judge_obj or open_judge(judge, rd, recipe, models, api_key_env=api_key_env,
                                         max_tokens=judge_max_tokens, concurrency=concurrency, retries=retries)
+    ts = targets(rd, iters)
     try:
-        comps, all_rows, jcounts = _judge_all(judge_obj, ev, targets(rd, iters), answers, n_boot, seed)
+        comps, all_rows, jcounts, results = _judge_all(judge_obj, ev, ts, answers, n_boot, seed)
     finally:
         judge_obj.close()
     counts |= jcounts
     atomic_write_jsonl(ev / "judgments.jsonl", all_rows)
+    agree = None
+    if agreement and judge.startswith("openai:") and comps:
+        agree = _self_agreement(rd, recipe, models, ev, ts, answers, results, judge_obj.identity, judge_max_tokens,
+                                n_boot, seed)
     if hrows:
         atomic_write_jsonl(ev / "human_judgments.jsonl", hrows)
     summary = {
@@ -307,10 +326,11 @@ def run_eval(run_dir: str | Path, *, iters: Sequence[int] | None = None, judge: 
                      "max_new_tokens": sampling.max_new_tokens, "seed": seed},
         "models": [{"t": m.t, "name": m.name, "answers": sum(x["output"] is not None for x in answers[m.t]),
                     "mean_chars": _mean([x["chars"] for x in answers[m.t]])} for m in models],
-        "comparisons": comps, **counts,
+        "lc_definition": LC_DEFINITION, "comparisons": comps, **counts,
         "human": None if not ranked else {"source": human, "split": human_split, "prompts": len(ranked),
                                           "n": human_n, "models": quality},
         "meta_judge": [{"t": t, **b} for t in run_iterations(rd) if (b := meta_judge_biases(rd, t))],
+        "judge_agreement": agree,
     }
     atomic_write_json(ev / "summary.json", summary)
     return summary
@@ -341,20 +361,87 @@ def _answer_all(recipe: Recipe, ev: Path, models: list[EvalModel], plist: list[d
 
 
 def _judge_all(judge, ev: Path, ts: list[int], answers: dict, n_boot: int, seed: int):
-    """Every comparison of the targets ``ts``, judged in both orders, summarised with intervals."""
+    """Every comparison of the targets ``ts``, judged in both orders, summarised with intervals; each comparison's
+    verdicts also go to ``alpaca_eval/annotations_<label>.json``. Returns the summaries, verdict rows, call counts
+    and the per-prompt results by label."""
     jcache = JsonlCache(ev / "cache" / "judgments.jsonl")
-    comps, all_rows = [], []
+    comps, all_rows, by_label = [], [], {}
     counts = {"judge_calls": 0, "judge_cached": 0, "endpoint_errors": 0}
     for t, b, kind in _comparisons(ts):
         label = f"M{t}_vs_M{b}"
         rows, results, st = judge_comparison(judge, jcache, label, answers[t], answers[b])
         all_rows += rows
+        by_label[label] = results
         for k in counts:
             counts[k] += st[k]
         comps.append({"label": label, "t": t, "base": b, "kind": kind, **summarize(results, n_boot=n_boot, seed=seed)})
+        write_annotations(ev, label, answers[t], answers[b], results, judge.identity)
         log.info("eval: %s win rate %s (LC %s), %d judged, %d cached", label, _pct(comps[-1]["win_rate"]),
                  _pct(comps[-1]["lc_win_rate"]), st["judge_calls"], st["judge_cached"])
-    return comps, all_rows, counts
+        for w in comps[-1]["lc_warnings"]:
+            log.warning("eval: %s LC %s", label, w)
+    return comps, all_rows, counts, by_label
+
+
+def alpaca_annotations(ans_t: list[dict], ans_b: list[dict], results: list[PromptResult], annotator: str) -> list[dict]:
+    """One comparison's verdicts as AlpacaEval annotations: a row per prompt with both verdicts.
+
+    ``output_1`` is the baseline's answer and ``output_2`` M_t's (AlpacaEval's convention: generator_2 is the
+    model being compared); ``preference`` = 1 + the share of the two orders M_t won (a tie counts ½), in [1, 2].
+    AlpacaEval's ``get_winrate`` and ``get_length_controlled_winrate`` (``glm_name="length_controlled_minimal"``)
+    read these rows as they are.
+    """
+    rows = []
+    for a, b, r in zip(ans_t, ans_b, results, strict=True):
+        if r.preference is None:
+            continue
+        rows.append({"instruction": a["prompt"], "output_1": b["output"], "output_2": a["output"],
+                     "generator_1": b["generator"], "generator_2": a["generator"], "annotator": annotator,
+                     "preference": 1.0 + r.preference})
+    return rows
+
+
+def write_annotations(ev: Path, label: str, ans_t: list[dict], ans_b: list[dict], results: list[PromptResult],
+                      annotator: str) -> Path:
+    """Write ``eval/alpaca_eval/annotations_<label>.json`` (``alpaca_annotations``); returns its path."""
+    path = ev / "alpaca_eval" / f"annotations_{label}.json"
+    atomic_write_text(path, json.dumps(alpaca_annotations(ans_t, ans_b, results, annotator), ensure_ascii=False,
+                                       indent=1))
+    return path
+
+
+def _self_agreement(rd: RunDir, recipe: Recipe, models: list[EvalModel], ev: Path, ts: list[int], answers: dict,
+                    ext: dict[str, list[PromptResult]], ext_identity: str, max_tokens: int, n_boot: int,
+                    seed: int) -> dict:
+    """The self-judge (the newest model) judges the external judge's pairs, both orders; its agreement with the
+    external judge per comparison and pooled (the paper's agreement-with-GPT-4 table). Verdicts are cached like
+    the external judge's; the self-judge's rows go to ``eval/self_judgments.jsonl``."""
+    judge = open_judge("self", rd, recipe, models, api_key_env=None, max_tokens=max_tokens, concurrency=1)
+    jcache = JsonlCache(ev / "cache" / "judgments.jsonl")
+    out = {"judge": judge.identity, "reference": ext_identity, "judge_calls": 0, "judge_cached": 0,
+           "comparisons": []}
+    rows_all: list[dict] = []
+    own_all: list[PromptResult] = []
+    ref_all: list[PromptResult] = []
+    try:
+        for t, b, _ in _comparisons(ts):
+            label = f"M{t}_vs_M{b}"
+            rows, own, st = judge_comparison(judge, jcache, label, answers[t], answers[b])
+            rows_all += rows
+            out["judge_calls"] += st["judge_calls"]
+            out["judge_cached"] += st["judge_cached"]
+            out["comparisons"].append({"label": label, "t": t, "base": b,
+                                       **judge_agreement(own, ext[label], n_boot=n_boot, seed=seed)})
+            own_all += own
+            ref_all += ext[label]
+    finally:
+        judge.close()
+    out["all"] = judge_agreement(own_all, ref_all, n_boot=n_boot, seed=seed)
+    atomic_write_jsonl(ev / "self_judgments.jsonl", rows_all)
+    a = out["all"]
+    log.info("eval: self-judge agrees with %s on %s of %d ordered pairs (%s without ties)", ext_identity,
+             _pct(a["agreement"]), a["pairs"], _pct(a["agreement_no_ties"]))
+    return out
 
 
 def _human_quality(recipe: Recipe, gen, m: EvalModel, ranked, n: int, seed: int,

@@ -157,3 +157,38 @@ def has_winner(text: str) -> bool:
         ``True`` if the last ``Winner:`` label names exactly one judgment.
     """
     return parse_winner(text) != 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pairwise answer verdicts (``mrlite eval``'s judge prompt, ``mrlite/templates/eval_pairwise.txt``)
+
+__all__ += ["parse_pairwise"]
+
+# MT-Bench "[[A]]" / "[[B]]" / "[[C]]" (the format eval's template asks for) and Arena-Hard's "[[A>B]]" family.
+_PAIRWISE_BRACKET_RE = re.compile(r"\[\[\s*(A>>B|A>B|A=B|B>A|B>>A|A|B|C|tie)\s*\]\]", re.IGNORECASE)
+# "Better answer: A", "Winner: Assistant B", "Verdict: tie" — judges that name the answer instead of the bracket.
+# "Judgement A" is the meta-judge's wording and is deliberately not an answer verdict; "A | B", "A or B" and
+# "A tie" name no single answer.
+_PAIRWISE_LABEL_RE = re.compile(
+    r"(?:winner|verdict|better\s+answer)\s*[:：]\s*[*_\[]*\s*(?:(?:answer|response|assistant|output)\s+)?"
+    r"(A|B|tie)\b(?![*_\]]*\s*(?:\||/|or\b|and\b|tie\b))",
+    re.IGNORECASE,
+)
+_PAIRWISE_VALUE = {"a>>b": 1, "a>b": 1, "a": 1, "a=b": 0, "c": 0, "tie": 0, "b>a": -1, "b>>a": -1, "b": -1}
+
+
+def parse_pairwise(text: str) -> int | None:
+    """Read a pairwise answer verdict (eval's judge): which of two answers to one question is better.
+
+    Args:
+        text: The judge's answer to ``eval_pairwise.txt`` (or to MT-Bench's / Arena-Hard's pairwise prompts).
+
+    Returns:
+        ``+1`` when the answer shown first (A) is better, ``-1`` for the second (B), ``0`` for a tie, ``None``
+        when there is no verdict or the verdicts conflict. Unlike the judge's score, *every* verdict in the
+        text must agree (Arena-Hard's rule), not only the last: a judge that echoes the format line
+        ``[[A]] if A is better, [[B]] if B is better`` has named several and given none.
+    """
+    found = {_PAIRWISE_VALUE[m.group(1).lower()] for m in _PAIRWISE_BRACKET_RE.finditer(text)}
+    found |= {_PAIRWISE_VALUE[m.group(1).lower()] for m in _PAIRWISE_LABEL_RE.finditer(text)}
+    return found.pop() if len(found) == 1 else None

@@ -173,15 +173,16 @@ def training(its: list[dict]) -> Figure | None:
 
 
 def winrates(ev: dict | None) -> Figure | None:
-    """Win rate and LC win rate of M_t vs M_0 and vs M_{t−1}, with 95 % bootstrap intervals."""
+    """Win rate and LC win rate (AlpacaEval-style, no instruction-difficulty term) of M_t vs M_0 and vs M_{t−1},
+    with 95 % bootstrap intervals."""
     comps = (ev or {}).get("comparisons") or []
     if not comps:
         return None
     fig, (ax,) = _fig()
     series = [("vs_seed", "win_rate", "win_rate_ci", "vs M0", C_ACTOR, "o-"),
-              ("vs_seed", "lc_win_rate", "lc_ci", "vs M0, length-controlled", C_ACTOR, "s--"),
+              ("vs_seed", "lc_win_rate", "lc_ci", "vs M0, LC (AlpacaEval-style)", C_ACTOR, "s--"),
               ("vs_prev", "win_rate", "win_rate_ci", "vs M(t−1) (for t = 1 that is M0)", C_JUDGE, "o-"),
-              ("vs_prev", "lc_win_rate", "lc_ci", "vs M(t−1), length-controlled", C_JUDGE, "s--")]
+              ("vs_prev", "lc_win_rate", "lc_ci", "vs M(t−1), LC (AlpacaEval-style)", C_JUDGE, "s--")]
     for k, (kind, key, ci_key, label, color, style) in enumerate(series):
         cs = [c for c in comps if c["kind"] == kind and c[key] is not None]
         if not cs:

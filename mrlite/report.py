@@ -18,6 +18,7 @@ from mrlite.errors import MrliteError
 from mrlite.recipe import Recipe, load_recipe
 from mrlite.rundir import RunDir, RunDirError, atomic_write_text, iter_jsonl
 from mrlite.runstats import iteration_stats, run_iterations
+from mrlite.winrate import LC_NAME
 
 log = logging.getLogger(__name__)
 
@@ -129,19 +130,24 @@ def _eval_section(ev: dict | None, figs: dict[str, str], root: Path) -> list[str
         return [*out, f"_`mrlite eval` has not run on this directory yet: `mrlite eval {root}` adds win rates "
                       "against M0 and M(t−1), leaderboard exports and judge quality._", ""]
     out += [f"Judge `{ev['judge']}` on {ev['prompts']['count']} prompts ({ev['prompts']['source']}), every pair judged "
-            "in both orders; a prompt's preference is the mean of its two outcomes (win 1, tie ½, loss 0). LC = "
-            "length-controlled (logistic fit on the length difference, read at zero difference). Intervals: 95 % "
-            "bootstrap over prompts. Exports for AlpacaEval / Arena-Hard: `eval/alpaca_eval/`, "
-            "`eval/arena_hard/model_answer/`.", "",
+            "in both orders; a prompt's preference is the mean of its two outcomes (win 1, tie ½, loss 0). "
+            f"LC = {LC_NAME}: a logistic fit of the preference on tanh(length difference / its std) plus a model "
+            "term, read at zero length difference — AlpacaEval 2's length control, minus the per-instruction "
+            "difficulty term that needs its own 805 instructions. Intervals: 95 % bootstrap over prompts. Exports "
+            "for AlpacaEval / Arena-Hard: `eval/alpaca_eval/` (answers, and `annotations_<comparison>.json` to "
+            "recompute these numbers with AlpacaEval's code), `eval/arena_hard/model_answer/`.", "",
             "| comparison | win rate [95 % CI] | LC win rate [95 % CI] | W / T / L | consistent orders | "
             "judge picks slot A | failed | mean chars (t / base) |", "|---|---|---|---|---|---|---|---|"]
+    warns = []
     for c in ev["comparisons"]:
         ci, lci = c["win_rate_ci"] or [None, None], c["lc_ci"] or [None, None]
+        flag = " ⚠" if c.get("lc_warnings") else ""
         out.append(f"| M{c['t']} vs M{c['base']} | {_p(c['win_rate'], 1)} [{_p(ci[0], 1)}, {_p(ci[1], 1)}] | "
-                   f"{_p(c['lc_win_rate'], 1)} [{_p(lci[0], 1)}, {_p(lci[1], 1)}] | {c['wins']} / {c['ties']} / "
+                   f"{_p(c['lc_win_rate'], 1)} [{_p(lci[0], 1)}, {_p(lci[1], 1)}]{flag} | {c['wins']} / {c['ties']} / "
                    f"{c['losses']} | {_p(c['consistency'])} | {_p(c['first_slot'])} | {c['failed_prompts']} | "
                    f"{_f(c['mean_len_t'], 0)} / {_f(c['mean_len_base'], 0)} |")
-    out += ["", *_img(figs, "winrates", "win rates")]
+        warns += [f"- ⚠ M{c['t']} vs M{c['base']}: LC {w}." for w in c.get("lc_warnings") or []]
+    out += ["", *([*warns, ""] if warns else []), *_img(figs, "winrates", "win rates")]
     out += ["## Judge quality vs human rankings", ""]
     h = ev.get("human")
     if not h:
@@ -152,6 +158,31 @@ def _eval_section(ev: dict | None, figs: dict[str, str], root: Path) -> list[str
     out += [f"| M{q['t']} | {q['pairs']} | {_p(q['agreement'], 1)} | {_p(q['agreement_no_ties'], 1)} | "
             f"{_f(q['spearman'], 3)} |" for q in h["models"]]
     return [*out, "", *_img(figs, "judge_quality", "judge quality")]
+
+
+def _agreement_section(ev: dict | None) -> list[str]:
+    """The self-judge's agreement with an external judge (the paper's agreement-with-GPT-4 table), when eval ran
+    with ``--judge openai:…``."""
+    a = (ev or {}).get("judge_agreement")
+    if not a:
+        return []
+
+    def ci(x: dict, key: str) -> str:
+        v = x[f"{key}_ci"]
+        return f"{_p(x[key], 1)} [{_p(v[0], 1)}, {_p(v[1], 1)}]" if v else _p(x[key], 1)
+
+    out = ["## Judge agreement with the external judge", "",
+           f"The self-judge `{a['judge']}` judged the same answer pairs as `{a['reference']}`, each in both orders; "
+           "agreement = share of ordered pairs where both give M_t the same outcome (win, tie, loss); without ties = "
+           "among pairs where neither calls a tie (the paper's agreement-with-GPT-4 table). 95 % bootstrap over "
+           "prompts.", "",
+           "| comparison | ordered pairs | agreement [95 % CI] | decisive pairs | w/o ties [95 % CI] | failed |",
+           "|---|---|---|---|---|---|"]
+    for c in [*a["comparisons"], {"label": "all", **a["all"]}]:
+        name = c["label"].replace("_vs_", " vs ")
+        out.append(f"| {name} | {c['pairs']} | {ci(c, 'agreement')} | {c['decisive']} | "
+                   f"{ci(c, 'agreement_no_ties')} | {c['failed']} |")
+    return [*out, ""]
 
 
 def render(recipe: Recipe, its: list[dict], ev: dict | None, figs: dict[str, str], root: Path) -> str:
@@ -181,6 +212,7 @@ def render(recipe: Recipe, its: list[dict], ev: dict | None, figs: dict[str, str
         out += [""]
     out += [*_img(figs, "meta_bias", "meta-judge biases")]
     out += _eval_section(ev, figs, root)
+    out += _agreement_section(ev)
     return "\n".join(out).rstrip() + "\n"
 
 

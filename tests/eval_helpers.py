@@ -95,3 +95,32 @@ def smoke_run(tmp_path_factory) -> Path:
 def run(smoke_run, tmp_path) -> Path:
     """A private copy of the smoke run (eval and report write into it)."""
     return Path(shutil.copytree(smoke_run, tmp_path / "run"))
+
+
+def alpacaeval_reference(annotations: list[dict]) -> tuple[float, float]:
+    """AlpacaEval 2's length-controlled win rate without its instruction-difficulty term, written directly from
+    its definition (independent of mrlite.winrate): ``(raw win rate, LC win rate)`` from AlpacaEval annotation rows.
+
+    Preference p = ``preference`` − 1 (AlpacaEval's 0 = draw counts ½); Δ = len(output_1) − len(output_2) in
+    characters (baseline minus model, as AlpacaEval), scaled by its sample std (ddof 1); logistic model
+    ``logit p = θ + β tanh(Δ/std)`` fitted by maximum likelihood on the continuous targets (scipy, no penalty);
+    LC = the mean prediction at Δ = 0, i.e. σ(θ).
+    """
+    import numpy as np
+    from scipy.optimize import minimize
+    from scipy.special import expit, log_expit
+
+    p = np.array([1.5 if r["preference"] == 0 else r["preference"] for r in annotations], float) - 1
+    d = np.array([len(r["output_1"]) - len(r["output_2"]) for r in annotations], float)
+    x = np.tanh(d / d.std(ddof=1))
+
+    def nll(w):
+        z = w[0] + w[1] * x
+        return -(p * log_expit(z) + (1 - p) * log_expit(-z)).sum()
+
+    def grad(w):
+        r = expit(w[0] + w[1] * x) - p
+        return np.array([r.sum(), (r * x).sum()])
+
+    w = minimize(nll, np.zeros(2), jac=grad, method="BFGS", options={"gtol": 1e-10}).x
+    return float(p.mean()), float(expit(w[0]))

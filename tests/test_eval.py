@@ -1,21 +1,27 @@
-"""``mrlite eval`` on a smoke (fake) run: leaderboard exports, both-order win rates, judge quality, caching (a
-second eval asks nothing), the OpenAI-compatible judge against a local stub, and one-line errors."""
+"""``mrlite eval`` on a smoke (fake) run: leaderboard exports, AlpacaEval annotation files, both-order win rates,
+judge quality, caching (a second eval asks nothing), the OpenAI-compatible judge against a local stub with the
+self-judge's agreement, and one-line errors (including a missing eval extra)."""
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from eval_helpers import StubServer, chat_reply, run, smoke_run  # noqa: F401  (fixtures)
+from eval_helpers import StubServer, alpacaeval_reference, chat_reply, run, smoke_run  # noqa: F401  (fixtures)
 
 import mrlite
+from mrlite.backends.base import GenRequest, Sampling
 from mrlite.backends.fake import FakeGenerator
+from mrlite.eval_judge import render_pairwise
 from mrlite.cli import cli
 from mrlite.evaluate import run_eval
+from mrlite.parsing import parse_pairwise
 from mrlite.rundir import read_jsonl
+from mrlite.winrate import LC_NAME
 
 pytest.importorskip("sklearn")
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +68,25 @@ def test_eval_self_judge_exports_and_cache(run, generate_calls):
         assert c["failed_verdicts"] == sum(r["failed"] for r in rows if r["comparison"] == c["label"])
     assert [q["t"] for q in s["human"]["models"]] == [0, 1, 2] and s["human"]["prompts"] == 5
     assert [m["t"] for m in s["meta_judge"]] == [1, 2] and 0.5 < s["meta_judge"][0]["positional_bias"] < 0.8
-    assert generate_calls.count("meta_judge") == 48 and generate_calls.count("eval") == 24
+    # 24 answers (3 models x 8 prompts) and 48 verdicts, all asked as eval requests: no meta-judge script involved
+    assert generate_calls.count("eval") == 24 + 48 and "meta_judge" not in generate_calls
+    verdicts = [r for r in rows if not r["failed"]]
+    assert len(verdicts) > 30 and all(parse_pairwise(r["text"]) == r["verdict"] for r in verdicts)
+    assert {r["text"].rsplit("\n", 1)[-1] for r in verdicts} <= {"[[A]]", "[[B]]", "[[C]]"}
+    # AlpacaEval annotation files: one per comparison, one row per scored prompt; AlpacaEval's formula applied to
+    # them gives the summary's numbers
+    assert s["lc_definition"]["name"] == LC_NAME
+    for c in s["comparisons"]:
+        ann = json.loads((ev / "alpaca_eval" / f"annotations_{c['label']}.json").read_text())
+        assert len(ann) == c["scored"] > 0
+        assert {r["generator_1"] for r in ann} == {f"smoke-M{c['base']}"}
+        assert {r["generator_2"] for r in ann} == {f"smoke-M{c['t']}"}
+        assert {r["annotator"] for r in ann} == {s["judge"]} and all(1 <= r["preference"] <= 2 for r in ann)
+        mine = {a["prompt"]: a["output"] for a in read_jsonl(ev / "answers" / f"M{c['t']}.jsonl")}
+        assert all(mine[r["instruction"]] == r["output_2"] for r in ann)
+        raw, lc = alpacaeval_reference(ann)
+        assert raw == pytest.approx(c["win_rate"], abs=1e-12) and lc == pytest.approx(c["lc_win_rate"], abs=0.02)
+        assert isinstance(c["lc_warnings"], list)
     # Second eval: every answer, verdict and human judgment comes from the cache; no model is asked anything.
     generate_calls.clear()
     s2 = run_eval(run, limit=8, n_boot=20, human=HUMAN, human_split="train")
@@ -74,8 +98,8 @@ def test_eval_self_judge_exports_and_cache(run, generate_calls):
 def _longer_wins(body):
     """A stub judge that prefers the longer answer, refuses on one question, and is consistent otherwise."""
     text = body["messages"][0]["content"]
-    a = re.search(r"Assistant A's Answer\]\n(.*)\n\[The End of Assistant A", text, re.S).group(1)
-    b = re.search(r"Assistant B's Answer\]\n(.*)\n\[The End of Assistant B", text, re.S).group(1)
+    a = re.search(r"Start of Answer A\]\n(.*)\n\[The End of Answer A", text, re.S).group(1)
+    b = re.search(r"Start of Answer B\]\n(.*)\n\[The End of Answer B", text, re.S).group(1)
     if "REFUSE" in text:
         return chat_reply("I will not pick one.")
     return chat_reply("Longer is better. " + ("[[A]]" if len(a) > len(b) else "[[B]]" if len(b) > len(a) else "[[C]]"))
@@ -98,8 +122,20 @@ def test_endpoint_judge_both_orders_failed_rows_and_cache(run, monkeypatch, tmp_
         for c in summary["comparisons"]:
             assert c["failed_prompts"] == 1 and c["failed_verdicts"] == 2 and c["scored"] == 4
             assert c["consistency"] == 1.0  # a length-only judge never flips with the order
+        # the self-judge (M2, the newest model) judged the same 2 x 4 scored pairs in both orders
+        a = summary["judge_agreement"]
+        assert a["reference"] == summary["judge"] and a["judge"].startswith("self:M2@")
+        assert [c["label"] for c in a["comparisons"]] == ["M2_vs_M0", "M2_vs_M1"]
+        own = read_jsonl(run / "eval" / "self_judgments.jsonl")
+        assert len(own) == 2 * 5 * 2 and a["judge_calls"] == 20
+        assert a["all"]["pairs"] + a["all"]["failed"] == 2 * 5 * 2 and a["all"]["pairs"] >= 12
+        assert a["all"]["agreement"] == pytest.approx(
+            sum(c["agreement"] * c["pairs"] for c in a["comparisons"]) / a["all"]["pairs"])
+        assert a["all"]["agreement_ci"][0] <= a["all"]["agreement"] <= a["all"]["agreement_ci"][1]
+        assert "self-judge self:M2@" in r.output and "ordered pairs" in r.output
         r2 = CliRunner().invoke(cli, args)
         assert r2.exit_code == 0 and s.hits == 20  # the second eval sent nothing
+        assert json.loads((run / "eval" / "summary.json").read_text())["judge_agreement"]["judge_cached"] == 20
         assert "0 verdicts asked, 20 cached" in r2.output
     assert "sk-test" not in "".join(p.read_text() for p in (run / "eval").rglob("*") if p.is_file())
 
@@ -146,3 +182,27 @@ def test_eval_before_any_training_exports_the_seed(tmp_path):
     assert "no trained iteration yet" in r.output
     assert (out / "eval" / "alpaca_eval" / "smoke-M0.json").is_file()
     assert json.loads((out / "eval" / "summary.json").read_text())["comparisons"] == []
+
+
+def test_fake_backend_answers_the_eval_template_honestly(tmp_path):
+    # The fake model is told nothing but the prompt: it recognises eval's pairwise template by its structure.
+    gen = FakeGenerator(mrlite.load_recipe(REPO / "recipes" / "smoke.yaml"), "fake")
+    sampling = Sampling(0.0, 1.0, 64)
+    reqs = [GenRequest(id=f"r{i}", messages=[{"role": "user", "content": render_pairwise(
+        "Name a fruit.", f"An apple, number {i}.", "A pear.")}], n=1, seed=0, role="eval") for i in range(40)]
+    texts = [c[0].text for c in gen.generate(reqs, sampling)]
+    verdicts = [parse_pairwise(t) for t in texts]
+    assert {1, -1} <= set(verdicts) and verdicts.count(None) < 12
+    plain = gen.generate([GenRequest(id="eval:q1", messages=[{"role": "user", "content": "Name a fruit."}], n=1,
+                                     seed=0, role="eval")], sampling)[0][0].text
+    assert plain.startswith("Answer (") and parse_pairwise(plain) is None
+
+
+@pytest.mark.parametrize("command,module,package", [("eval", "sklearn", "scikit-learn"),
+                                                    ("report", "matplotlib", "matplotlib")])
+def test_missing_eval_extra_is_one_line_before_any_work(run, monkeypatch, command, module, package):
+    monkeypatch.setitem(sys.modules, module, None)  # the import fails, as without the extra
+    r = CliRunner().invoke(cli, [command, str(run)])
+    _one_line_error(r, 'pip install -e ".[eval]"')
+    assert f"mrlite {command} needs the eval extra ({package} is not installed)" in r.output
+    assert not (run / "eval").exists() and not (run / "report.md").exists()

@@ -161,3 +161,46 @@ def test_forced_completion_labels_parse() -> None:
 def test_one_argument_call() -> None:
     assert parse_score("Score: 4") == 4.0
     assert has_score("Score: 4")
+
+
+# Pairwise answer verdicts (mrlite eval's judge, templates/eval_pairwise.txt).
+PAIRWISE_CASES = [
+    ("A is more detailed.\n[[A]]", 1),
+    ("[[B]]", -1),
+    ("Both are equally good. [[C]]", 0),
+    ("My final verdict is [[A>>B]]", 1),  # Arena-Hard's scale
+    ("[[B>A]]", -1),
+    ("[[A=B]]", 0),
+    ("Verdict: [[ b ]]", -1),
+    ("**Winner:** Answer B", -1),
+    ("Better answer: A", 1),
+    ("Winner: tie", 0),
+    ("A is clearer. [[A]]\nSo: [[A]]", 1),  # repeated, consistent
+    ('Output "[[A]]" if A is better, "[[B]]" if B is better', None),  # an echoed format line names both
+    ("[[A]] ... on reflection [[B]]", None),  # conflicting verdicts: none
+    ("Winner: Judgement A", None),  # the meta-judge's wording is no answer verdict
+    ("Winner: Answer A | Answer B", None),
+    ("Verdict: A or B", None),
+    ("Winner: A tie", None),
+    ("I cannot decide.", None),
+    ("[[D]]", None),
+    ("", None),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), PAIRWISE_CASES)
+def test_parse_pairwise(text: str, expected: int | None) -> None:
+    from mrlite.parsing import parse_pairwise
+
+    assert parse_pairwise(text) == expected
+
+
+def test_eval_template_verdict_format_parses() -> None:
+    # The verdict format the eval template asks for is exactly what parse_pairwise reads.
+    from mrlite.eval_judge import render_pairwise
+    from mrlite.parsing import parse_pairwise
+
+    text = render_pairwise("Q?", "first", "second")
+    assert "[[A]] if answer A is better, [[B]] if answer B is better, and [[C]] for a tie" in text
+    assert parse_pairwise(text) is None  # the prompt itself names every verdict: no verdict
+    assert [parse_pairwise(f"Reasoning.\n[[{v}]]") for v in "ABC"] == [1, -1, 0]

@@ -3,6 +3,7 @@ the status rows."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,6 +14,7 @@ from click.testing import CliRunner
 
 from mrlite.cli import cli
 from mrlite.status import status_table
+from mrlite.winrate import LC_NAME, PromptResult, judge_agreement
 
 pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
@@ -60,6 +62,8 @@ def test_report_with_eval_and_status(run):
     for s in SECTIONS:
         assert s in md
     assert "| M1 vs M0 |" in md and "| M2 vs M1 |" in md and "| M2 | " in md
+    assert LC_NAME in md and "annotations_<comparison>.json" in md
+    assert "## Judge agreement with the external judge" not in md  # self-judged: nothing to agree with
     figs = {p.stem for p in (run / "report").glob("*.png")}
     assert figs == TRAINING_FIGS | {"winrates", "judge_quality"}
     for name in ("winrates", "judge_quality"):
@@ -89,3 +93,26 @@ def test_report_errors_are_one_line(tmp_path, run, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import fails
     r = CliRunner().invoke(cli, ["report", str(run), "--log", "wandb"])
     assert r.exit_code == 1 and r.output.count("\n") == 1 and "pip install wandb" in r.output
+
+
+def test_report_shows_lc_warnings_and_the_judge_agreement_table(run):
+    r = CliRunner().invoke(cli, ["eval", str(run), "--limit", "6", "--bootstrap", "0"])
+    assert r.exit_code == 0, r.output
+    path = run / "eval" / "summary.json"
+    ev = json.loads(path.read_text())
+    ev["comparisons"][0]["lc_warnings"] = ["not identifiable: M_t's answer is longer in 95% of the prompts"]
+    ref = [PromptResult(str(i), 1, -1, 10, 10) for i in range(10)]
+    own = [PromptResult(str(i), 1, 1 if i < 4 else -1, 10, 10) for i in range(10)]
+    agree = judge_agreement(own, ref, n_boot=50)
+    ev["judge_agreement"] = {"judge": "self:M2@abc", "reference": "openai:http://x/v1#gpt", "judge_calls": 40,
+                             "judge_cached": 0, "comparisons": [{"label": "M2_vs_M0", "t": 2, "base": 0, **agree}],
+                             "all": agree}
+    path.write_text(json.dumps(ev))
+    r = CliRunner().invoke(cli, ["report", str(run)])
+    assert r.exit_code == 0, r.output
+    md = (run / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| M1 vs M0 |"))
+    assert "⚠" in row and "- ⚠ M1 vs M0: LC not identifiable: M_t's answer is longer in 95% of the prompts." in md
+    assert "## Judge agreement with the external judge" in md and "`self:M2@abc`" in md
+    assert "| M2 vs M0 | 20 | 80.0% [" in md and "| all | 20 | 80.0% [" in md
+    assert md.index("## Judge quality vs human rankings") < md.index("## Judge agreement with the external judge")

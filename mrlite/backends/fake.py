@@ -4,7 +4,10 @@ Every output derives from a hash of (run seed, model identity, row id, role, sam
 order or batching — so the loop's bookkeeping (ids, parsing, pairing, resume, markers) runs for real in
 seconds without torch. Judge texts end in ``Score: s`` so the real parser runs; a configurable share has no
 label (and gets a forced label when the recipe asks, as the real generators do). The meta-judge prefers the
-judgment with the higher latent quality, with a configurable first-position bias.
+judgment with the higher latent quality, with a configurable first-position bias. Asked (role ``eval``) to
+compare two answers in eval's pairwise template, it reads the two answers out of the prompt, as a model would,
+and prefers the one with the higher latent quality, with the same first-position bias, ending in ``[[A]]``,
+``[[B]]`` or ``[[C]]``; any other eval request is answered like an actor's.
 Exercised by: ``mrlite run recipes/smoke.yaml``.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import struct
 from pathlib import Path
 
@@ -22,6 +26,11 @@ from mrlite.recipe import Recipe
 from mrlite.rundir import atomic_write_json, atomic_write_text, iter_jsonl, sha256_file
 
 _WORDS = ["clear", "concise", "helpful", "answer", "detail", "example", "step", "reason", "because", "therefore", "first", "second", "finally", "note", "consider", "simple", "careful", "context", "summary", "point", "idea", "result", "method", "check", "useful", "further", "overall"]
+
+
+# The two answers of eval's pairwise judge prompt (mrlite/templates/eval_pairwise.txt).
+_PAIRWISE_RE = re.compile(r"\[The Start of Answer A\]\n(.*)\n\[The End of Answer A\].*"
+                          r"\[The Start of Answer B\]\n(.*)\n\[The End of Answer B\]", re.S)
 
 
 def _u(*parts: object) -> float:
@@ -84,6 +93,20 @@ class FakeGenerator:
             return "Both judgments have merits and it is hard to choose.", False
         return f"Judgment {winner} applies the rubric more faithfully.\nWinner: Judgement {winner}", True
 
+    def _pairwise(self, rid: str, k: int, a: str, b: str) -> str:
+        """A verdict on two answers: latent quality from each answer's text, plus the first-position bias."""
+        qa, qb = _u(self.seed, self.model, a, "aq"), _u(self.seed, self.model, b, "aq")
+        if _u(self.seed, self.model, rid, k, "unparseable") < self.cfg.unparseable_share:
+            return "Both answers have merits and it is hard to choose."
+        if _u(self.seed, self.model, rid, k, "biased") < abs(self.cfg.first_position_bias - 0.5) * 2:
+            v = "A" if self.cfg.first_position_bias >= 0.5 else "B"
+        elif abs(qa - qb) < 0.05:
+            v = "C"
+        else:
+            v = "A" if _u(self.seed, self.model, rid, k, "verdict") < 1 / (1 + math.exp(-6 * (qa - qb))) else "B"
+        why = {"A": "Answer A is more helpful.", "B": "Answer B is more helpful.", "C": "They are equally good."}[v]
+        return f"{why}\n[[{v}]]"
+
     def generate(self, requests: list[GenRequest], sampling: Sampling) -> list[list[Completion]]:
         out = []
         for req in requests:
@@ -91,6 +114,11 @@ class FakeGenerator:
             comps = []
             for k in range(req.n):
                 rid = f"{req.id}:{k}" if req.role == "actor" else req.id
+                pair = _PAIRWISE_RE.search(req.messages[-1]["content"]) if req.role == "eval" else None
+                if pair:
+                    text = self._pairwise(rid, k, pair.group(1), pair.group(2))
+                    comps.append(Completion(text, False, len(text.split())))
+                    continue
                 if req.role in ("actor", "eval"):
                     text = self._actor(rid)
                     comps.append(Completion(text, False, len(text.split())))
