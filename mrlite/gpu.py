@@ -135,6 +135,86 @@ def gpus(use_torch: bool = True) -> list[GPUInfo]:
     return found if found or not use_torch else _from_torch()
 
 
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU runs bf16 matmuls natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower
+    than fp32. Reads ``/proc/cpuinfo`` (no torch)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = cpuinfo.split()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Driver vs the CUDA version torch is built for
+
+TORCH_CUDA_NEEDED = {"2.14.0": "13.0", "2.14.1": "13.0", "2.13.0": "12.8"}
+"""CUDA version of the default PyPI wheel of each torch the GPU path pins or meets (vLLM 0.33 pins 2.14.0, built
+for CUDA 13.0; unsloth 2026.10.9 resolves 2.14.1). A driver must support at least this CUDA version."""
+MIN_DRIVER = {"13.0": "580.65.06", "12.9": "575.51.03", "12.8": "570.26", "12.6": "560.28.03", "12.4": "550.54.14",
+              "12.1": "530.30.02", "11.8": "520.61.05"}
+"""Minimum Linux driver per CUDA toolkit version (NVIDIA's CUDA release notes, table 3)."""
+
+
+def parse_driver(text: str) -> tuple[str | None, str | None]:
+    """(driver version, highest CUDA version the driver supports) from plain ``nvidia-smi`` output.
+
+    Its header reads ``| NVIDIA-SMI 550.54.15   Driver Version: 550.54.15   CUDA Version: 12.4 |``;
+    (None, None) when absent.
+    """
+    import re
+
+    drv = re.search(r"Driver Version:\s*([0-9.]+)", text)
+    cuda = re.search(r"CUDA Version:\s*([0-9]+\.[0-9]+)", text)
+    return (drv.group(1) if drv else None, cuda.group(1) if cuda else None)
+
+
+def _vtuple(v: str) -> tuple[int, ...]:
+    out = []
+    for part in v.split("."):
+        digits = "".join(c for c in part if c.isdigit())
+        out.append(int(digits or 0))
+    return tuple(out)
+
+
+def driver_mismatch(driver: str | None, driver_cuda: str | None, torch_cuda: str | None) -> str | None:
+    """One line when the driver is too old for the CUDA version torch needs, else None.
+
+    Args:
+        driver: Driver version (``nvidia-smi``), e.g. ``550.54.15``.
+        driver_cuda: Highest CUDA version that driver supports (``nvidia-smi``'s "CUDA Version").
+        torch_cuda: CUDA version torch is (or, not installed yet, will be) built for, e.g. ``13.0``.
+    """
+    if not torch_cuda or not (driver or driver_cuda):
+        return None
+    need = _vtuple(torch_cuda)[:2]
+    if driver_cuda:
+        too_old = _vtuple(driver_cuda)[:2] < need
+    else:
+        floor = MIN_DRIVER.get(f"{need[0]}.{need[1] if len(need) > 1 else 0}")
+        too_old = floor is not None and _vtuple(driver) < _vtuple(floor)
+    if not too_old:
+        return None
+    floor = MIN_DRIVER.get(torch_cuda)
+    return (f"driver {driver or '?'} supports CUDA up to {driver_cuda or '?'}, but this torch needs CUDA {torch_cuda}"
+            + (f" (driver >= {floor})" if floor else "") + ": update the NVIDIA driver, or use the environment "
+            "without vLLM for older drivers (README, 'GPU with an older driver')")
+
+
+def driver_info() -> tuple[str | None, str | None]:
+    """(driver version, driver's CUDA version) from ``nvidia-smi``; (None, None) without it."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None, None
+    try:
+        r = subprocess.run([exe], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return parse_driver(r.stdout) if r.returncode == 0 else (None, None)
+
+
 def gpu_summary(devs: list[GPUInfo]) -> str:
     if not devs:
         return "no CUDA GPU"
@@ -182,7 +262,8 @@ def preflight(recipe: Recipe, *, devices: list[GPUInfo] | None = None, env: Mapp
               cached: Callable[[str], bool] | None = None) -> None:
     """Check that a recipe can start here; call it once before the first stage.
 
-    Checks, in order: a GPU backend needs a CUDA device; a gated Hub model (``meta-llama/...``) needs a token
+    Checks, in order: 4-bit training needs a card with bf16 (TRL casts a quantised model's LoRA weights to
+    bf16); a GPU backend needs a CUDA device; a gated Hub model (``meta-llama/...``) needs a token
     (``HF_TOKEN`` or ``hf auth login``) unless it is already in the Hub cache; bf16 asked on a card without it.
     The token itself is never read, printed or stored here.
 
@@ -199,8 +280,17 @@ def preflight(recipe: Recipe, *, devices: list[GPUInfo] | None = None, env: Mapp
     env = os.environ if env is None else env
     if recipe.backends.generator == "fake":
         return
-    if uses_gpu(recipe):
-        devs = gpus() if devices is None else devices
+    devs = None
+    if uses_gpu(recipe) or (recipe.train.load_in_4bit and recipe.backends.trainer != "fake"):
+        # nvidia-smi only for a CPU-backend recipe: the orchestrator does not import torch for it
+        devs = gpus(use_torch=uses_gpu(recipe)) if devices is None else devices
+    if devs and recipe.train.load_in_4bit and recipe.backends.trainer != "fake" and not devs[0].bf16:
+        raise PreflightError(
+            f"train.load_in_4bit on {devs[0].name} (compute {devs[0].capability[0]}.{devs[0].capability[1]}, no "
+            "bf16): TRL casts the LoRA weights of a 4-bit model to bf16, which this card lacks; train a 16-bit LoRA "
+            "instead: --set train.load_in_4bit=false (as recipes/colab_t4.yaml does)"
+        )
+    if devs is not None and uses_gpu(recipe):
         which = [b for b in (recipe.backends.generator, recipe.backends.trainer) if b in GPU_GENERATORS + GPU_TRAINERS]
         if not devs:
             raise PreflightError(
@@ -248,5 +338,6 @@ def check_disk(needed_gib: float, free_gib: float, where: Path | str, what: str 
         )
 
 
-__all__ = ["GPUInfo", "PreflightError", "check_disk", "free_disk_gib", "gpu_summary", "gpus", "is_gated",
-           "parse_nvidia_smi", "preflight", "uses_gpu"]
+__all__ = ["GPUInfo", "PreflightError", "check_disk", "cpu_has_bf16", "driver_info", "driver_mismatch",
+           "free_disk_gib", "gpu_summary", "gpus", "is_gated", "parse_driver", "parse_nvidia_smi", "preflight",
+           "uses_gpu"]

@@ -18,7 +18,9 @@ from pathlib import Path
 import click
 
 from mrlite.recipe import Recipe
-from mrlite.shapes import GIB, KNOWN_SHAPES, ModelShape, model_shape, weights_gib_16bit
+from mrlite.shapes import (
+    GIB, KNOWN_SHAPES, NF4_BYTES, TRAIN_OVERHEAD_GIB, ModelShape, model_shape, weights_gib_16bit,
+)
 
 CHARS_PER_TOKEN = 4.0
 """English text with Llama-3/Qwen BPE tokenizers: about 4 characters per token."""
@@ -32,9 +34,6 @@ PAIR_YIELD = {"actor": 0.85, "judge": 0.6}
 """Assumed share of prompts that give an actor pair / a judge pair (ties and unparsed rows give none)."""
 GEN_OVERHEAD_GIB = 2.0
 """vLLM runtime besides weights and KV cache: CUDA context, activations, CUDA graphs, sampler."""
-TRAIN_OVERHEAD_GIB = 1.5
-NF4_BYTES = 0.53
-"""NF4 bytes per linear weight: 4 bits + fp32 absmax per 64 (double-quantised)."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -120,6 +119,7 @@ class StageEstimate:
     prefill_tokens: float = 0.0
     new_tokens: float = 0.0
     peak_gib: float | None = None
+    host_gib: float | None = None  # host RAM the stage's process needs
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)  # warnings: why it does not fit, or will be slow
     fits: bool = True
@@ -143,6 +143,21 @@ def generation_memory(shape: ModelShape, card_gib: float, util: float, quantizat
     return util * card_gib, weights, max(kv_gib, 0.0) * GIB / kv_bytes
 
 
+def meta_concurrency(shape: ModelShape, card_gib: float, util: float, quantization: str | None, kv_dtype: str,
+                     max_model_len: int, seq_tokens: float) -> str:
+    """How many meta-judge sequences (prompt + judgment) the KV cache holds at once, and with an fp8 KV cache.
+
+    Without prefix sharing (an upper bound on memory per sequence); vLLM runs at most this many at full speed,
+    the rest wait. Judge prompts are the longest of an iteration, so this is where a 24 GB card is KV-bound.
+    """
+    _, _, kv = generation_memory(shape, card_gib, util, quantization, kv_dtype, max_model_len)
+    text = f"KV cache holds ~{int(kv // max(seq_tokens, 1))} meta-judge seqs at once"
+    if not kv_dtype.startswith("fp8"):
+        _, _, kv8 = generation_memory(shape, card_gib, util, quantization, "fp8", max_model_len)
+        text += f" (kv_cache_dtype fp8: ~{int(kv8 // max(seq_tokens, 1))})"
+    return text
+
+
 def train_memory(shape: ModelShape, four_bit: bool, r: int, targets: list[str], batch: int, length: int,
                  sequences_per_row: int) -> float:
     """Peak GiB of one LoRA step with gradient checkpointing: weights + LoRA/Adam + activations + logits."""
@@ -153,6 +168,54 @@ def train_memory(shape: ModelShape, four_bit: bool, r: int, targets: list[str], 
     one_layer = seqs * length * (3 * shape.intermediate + 6 * shape.hidden) * 2
     logits = seqs * length * shape.vocab * 6  # bf16 logits + fp32 log-softmax
     return (weights + lora + checkpoints + one_layer + logits) / GIB + TRAIN_OVERHEAD_GIB
+
+
+GEN_STAGES = ("sample", "judge", "meta_judge")
+HOST_RUNTIME_GIB = 3.0
+"""Python, torch/CUDA libraries, tokenizer and data of one stage process, besides model weights."""
+SHARD_GIB = 4.66
+"""Largest safetensors shard assumed for a Hub model (transformers' default max_shard_size, 5 GB)."""
+
+
+def largest_shard_gib(model: str) -> float:
+    """The largest safetensors file of a local model directory, else the Hub default shard size."""
+    files = list(Path(model).glob("*.safetensors")) if Path(model).is_dir() else []
+    return max(f.stat().st_size for f in files) / GIB if files else SHARD_GIB
+
+
+def host_memory(recipe: Recipe, shape: ModelShape, stage: str, shard_gib: float = SHARD_GIB) -> float:
+    """Host RAM (GiB) of one stage's process on a GPU machine.
+
+    - vLLM generation: the runtime only (weights stream to the GPU); HF generation: the 16-bit weights are loaded
+      on the host before moving to the GPU.
+    - Training: unsloth and 4-bit loads go straight to the GPU, a 16-bit TRL load passes through the host;
+      unsloth's offloaded gradient checkpointing keeps one activation per layer in pinned host memory.
+    - The merge that ends training streams shard by shard (``mrlite.merge``): one shard, the adapter, a margin.
+    """
+    weights16 = shape.params * 2 / GIB
+    if stage in GEN_STAGES:
+        return HOST_RUNTIME_GIB + (weights16 if recipe.backends.generator == "hf" else 0.0)
+    if stage not in ("train", "eft"):
+        return 0.0
+    cfg = recipe.train if stage == "train" else recipe.eft
+    unsloth = recipe.backends.trainer == "unsloth"
+    load = 0.0 if (unsloth or recipe.train.load_in_4bit) else weights16
+    seqs = cfg.batch_size * (2 if stage == "train" else 1)
+    offload = shape.layers * seqs * cfg.max_length * shape.hidden * 2 / GIB if unsloth else 0.0
+    adapter = shape.lora_params(cfg.lora.r, cfg.lora.target_modules) * 4 / GIB
+    from mrlite.merge import host_ram_gib
+
+    return HOST_RUNTIME_GIB + max(load + offload, host_ram_gib(shard_gib, adapter))
+
+
+def machine_ram_gib() -> float | None:
+    """Physical memory of this machine (None where the OS does not say)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _mean_new(role: str, max_new: int) -> float:
@@ -240,6 +303,9 @@ def estimate(recipe: Recipe, shape: ModelShape, card: GPUClass, rates: Rates, *,
                               new_tokens=p * b * lm, peak_gib=peak, fits=gen_fits)
             m.seconds = m.prefill_tokens / rates.prefill_tok_s + m.new_tokens / decode
             m.detail = f"{b} battles/prompt"
+            if not hf:
+                m.detail += "; " + meta_concurrency(shape, card.total_gib, v.gpu_memory_utilization, quantization,
+                                                    v.kv_cache_dtype, r.model.max_model_len, mp + lm)
             out.append(m)
         out.append(StageEstimate(t, "pairs"))
         actor_rows = p * PAIR_YIELD["actor"]
@@ -247,6 +313,9 @@ def estimate(recipe: Recipe, shape: ModelShape, card: GPUClass, rates: Rates, *,
         rows = actor_rows + judge_rows
         row_tokens = (actor_rows * (lp + 2 * la) + judge_rows * (jp + 2 * lj)) / max(rows, 1)
         out.append(train_est(t, "train", rows, row_tokens, 2, r.train))
+    shard = largest_shard_gib(r.model.base)
+    for e in out:
+        e.host_gib = host_memory(r, shape, e.stage, shard) or None
     return out
 
 
@@ -317,10 +386,10 @@ def load_rates(path: str) -> dict:
     except (OSError, ValueError) as e:
         raise click.BadParameter(f"{path}: cannot read a JSON object of throughputs ({e})") from None
     known = set(Rates.__dataclass_fields__)
-    bad = sorted(set(data) - known) if isinstance(data, dict) else ["(not an object)"]
+    bad = sorted(set(data) - known - {"measured"}) if isinstance(data, dict) else ["(not an object)"]
     if bad:
         raise click.BadParameter(f"{path}: unknown keys {bad}; known: {sorted(known)}")
-    return data
+    return {k: v for k, v in data.items() if k != "measured"}  # `measured`: provenance (benchmarks/gpu_check.py)
 
 
 @click.command("plan")
@@ -332,10 +401,11 @@ def load_rates(path: str) -> dict:
 @click.option("--throughput", type=click.Path(exists=True, dir_okay=False),
               help="JSON of your measured figures for this model (keys: decode_tok_s, prefill_tok_s, train_tok_s, "
                    "engine_start_s, train_load_s, merge_gib_s); replaces the defaults.")
+@click.option("--host-ram", type=float, metavar="GiB", help="Host RAM to plan for (default: this machine's).")
 @click.option("--strict", is_flag=True, help="Exit 1 when a stage does not fit the card.")
 @click.option("--gpus", "n_gpus", type=click.IntRange(min=1), help="GPUs to plan for (default: this machine's "
               "count): spreads generation over the vLLM/HF workers and training over train.num_processes.")
-def plan_cmd(recipe, sets, gpu_mem, gpu_name, throughput, strict, n_gpus):
+def plan_cmd(recipe, sets, gpu_mem, gpu_name, throughput, host_ram, strict, n_gpus):
     """Estimate memory, tokens, time and disk per stage of RECIPE, and warn about stages that cannot fit.
 
     Times come from a throughput table of estimates per GPU class (8B model, scaled by size); pass
@@ -345,7 +415,7 @@ def plan_cmd(recipe, sets, gpu_mem, gpu_name, throughput, strict, n_gpus):
     Examples:
       mrlite plan recipes/paper.yaml --gpu-mem 24
       mrlite plan recipes/paper_80gb.yaml --gpu h100
-      mrlite plan recipes/colab_t4.yaml --gpu t4 --strict
+      mrlite plan recipes/colab_t4.yaml --gpu t4 --host-ram 12 --strict
       mrlite plan recipes/paper_8gpu.yaml --gpus 8 --gpu h100
     """
     from mrlite.backends.vllm import default_quantization
@@ -391,18 +461,25 @@ def plan_cmd(recipe, sets, gpu_mem, gpu_name, throughput, strict, n_gpus):
     if topo_line:
         click.echo(topo_line)
     click.echo(f"{'iter':>4}  {'stage':<10} {'requests':>9} {'seqs':>9} {'prompt tok':>10} {'prefill':>9} "
-               f"{'new tok':>9} {'peak GiB':>8}  {'time':>8}  note")
+               f"{'new tok':>9} {'peak GiB':>8} {'host GiB':>8}  {'time':>8}  note")
     total = 0.0
     warnings = ([note] if note else []) + topo_warnings
+    ram = host_ram if host_ram is not None else machine_ram_gib()
     for e in rows:
         if e.stage == "pairs":
             continue
         total += e.seconds
         peak = "" if e.peak_gib is None else f"{e.peak_gib:.1f}" + ("" if e.fits else " !")
+        host = "" if e.host_gib is None else f"{e.host_gib:.1f}" + (" !" if ram and e.host_gib > ram else "")
         click.echo(f"{e.t:>4}  {e.stage:<10} {_fmt_n(e.requests):>9} {_fmt_n(e.sequences):>9} "
                    f"{_fmt_n(e.prompt_tokens):>10} {_fmt_n(e.prefill_tokens):>9} {_fmt_n(e.new_tokens):>9} "
-                   f"{peak:>8}  {_fmt_s(e.seconds):>8}  {e.detail}".rstrip())
+                   f"{peak:>8} {host:>8}  {_fmt_s(e.seconds):>8}  {e.detail}".rstrip())
         warnings += [f"iter {e.t} {w}" for w in e.notes if e.t == 1 or e.stage in ("eft",)]
+        if ram and e.host_gib and e.host_gib > ram and e.t <= 1:
+            warnings.append(f"iter {e.t} {e.stage}: needs ~{e.host_gib:.0f} GiB of host RAM, "
+                            f"{'this machine has' if host_ram is None else 'planned for'} {ram:.0f} GiB; "
+                            + ("use the vllm generator (backends.generator: vllm)" if e.stage in GEN_STAGES else
+                               "train on a 4-bit view (train.load_in_4bit) or with the unsloth trainer"))
     d = disk_gib(r, shape)
     click.echo(f"disk: {d['per_model']:.1f} GiB per merged model x {d['models']} = {d['merged_total']:.0f} GiB"
                + (f", + {d['base_download']:.0f} GiB base download" if d["base_download"] else "")
@@ -434,6 +511,8 @@ __all__ = [
     "estimate",
     "generation_memory",
     "gpu_class_for",
+    "host_memory",
+    "meta_concurrency",
     "model_shape",
     "plan_cmd",
     "train_memory",

@@ -391,6 +391,10 @@ class VLLMCfg(_Section):
     tensor_parallel_size: int = Field(1, ge=1)
     enforce_eager: bool = Field(False)
     structured_outputs: bool = Field(True, description="Regex-constrain the Score/Winner line.")
+    batch_invariant: bool = Field(
+        False, description="Batch-invariant kernels (vLLM's VLLM_BATCH_INVARIANT=1): the same seed gives the same "
+        "rows whatever else is in the batch, at some speed cost. Needs a CUDA GPU with compute capability >= 8.0."
+    )
     engine_args: dict[str, Any] = Field(default_factory=dict, description="Passed to vllm.LLM as-is.")
     data_parallel_size: int = Field(
         1, ge=1, description="vLLM engines, one per group of tensor_parallel_size GPUs, each in its own process "

@@ -105,4 +105,30 @@ def weights_gib_16bit(model: str) -> float | None:
     return size / GIB
 
 
-__all__ = ["GIB", "KNOWN_SHAPES", "ModelShape", "model_shape", "shape_from_config", "weights_gib_16bit"]
+NF4_BYTES = 0.53
+"""NF4 bytes per linear weight: 4 bits + fp32 absmax per 64 (double-quantised)."""
+TRAIN_OVERHEAD_GIB = 1.5
+"""CUDA context, allocator slack and kernels of a training process."""
+REF_BATCH_CAP = 32
+
+
+def ref_batch_size(shape: ModelShape, card_gib: float, *, four_bit: bool, max_length: int, train_batch: int,
+                   lora_params: int = 0, cap: int = REF_BATCH_CAP) -> int:
+    """Rows per forward pass when DPO precomputes the reference log-probs (``precompute_ref_batch_size``).
+
+    The pass is forward-only (no gradients, no optimizer yet) over both answers of each row at up to
+    ``max_length`` tokens: per row, the bf16 logits and their fp32 log-softmax (2 x L x vocab x 6 bytes) plus one
+    layer's activations; the budget is 90 % of the card less the weights, the LoRA and the runtime. Without it
+    TRL uses the train batch size, often 1: thousands of one-row passes before the first step.
+
+    Returns:
+        At least ``train_batch``, at most ``cap``.
+    """
+    weights = (shape.linear_params * NF4_BYTES + shape.embed_params * 2) if four_bit else shape.params * 2
+    budget = 0.9 * card_gib * GIB - weights - lora_params * 4 - TRAIN_OVERHEAD_GIB * GIB
+    per_row = 2 * max_length * (shape.vocab * 6 + (3 * shape.intermediate + 6 * shape.hidden) * 2)
+    return max(train_batch, min(cap, int(budget // per_row)))
+
+
+__all__ = ["GIB", "KNOWN_SHAPES", "NF4_BYTES", "TRAIN_OVERHEAD_GIB", "ModelShape", "model_shape", "ref_batch_size",
+           "shape_from_config", "weights_gib_16bit"]

@@ -163,3 +163,63 @@ def test_check_disk() -> None:
     check_disk(16.0, 20.0, "/runs/x")
     with pytest.raises(PreflightError, match=r"needs ~16\.0 GiB free in /runs/x, only 3\.5 GiB free"):
         check_disk(16.0, 3.5, "/runs/x")
+
+
+def test_4bit_training_on_a_card_without_bf16() -> None:
+    for trainer in ("unsloth", "trl"):
+        with pytest.raises(PreflightError) as e:
+            preflight(recipe("colab_t4", "train.load_in_4bit=true", f"backends.trainer={trainer}"), devices=[T4],
+                      env={})
+        msg = str(e.value)
+        assert "\n" not in msg and "train.load_in_4bit on Tesla T4 (compute 7.5, no bf16)" in msg
+        assert "--set train.load_in_4bit=false" in msg
+    preflight(recipe("colab_t4"), devices=[T4], env={})  # the shipped T4 recipe trains a 16-bit LoRA
+    preflight(recipe("colab_t4", "train.load_in_4bit=true"), devices=[H100], env={})  # bf16 card: fine
+    preflight(recipe("tiny", "train.load_in_4bit=true"), devices=[], env={})  # CPU QLoRA computes in fp32
+
+
+def test_cpu_has_bf16() -> None:
+    assert mrlite.gpu.cpu_has_bf16("flags : fpu sse avx2 avx512f avx512_bf16 amx_tile")
+    assert mrlite.gpu.cpu_has_bf16("flags : amx_bf16 avx2")
+    assert not mrlite.gpu.cpu_has_bf16("flags : fpu sse avx2 avx512f")
+
+
+SMI_HEADER = ("| NVIDIA-SMI 550.54.15              Driver Version: 550.54.15      CUDA Version: 12.4     |\n"
+              "|-----------------------------------------+------------------------+----------------------+\n")
+
+
+def test_driver_cuda_mismatch() -> None:
+    assert mrlite.gpu.parse_driver(SMI_HEADER) == ("550.54.15", "12.4")
+    assert mrlite.gpu.parse_driver("no header") == (None, None)
+    msg = mrlite.gpu.driver_mismatch("550.54.15", "12.4", "13.0")
+    assert msg == ("driver 550.54.15 supports CUDA up to 12.4, but this torch needs CUDA 13.0 (driver >= 580.65.06): "
+                   "update the NVIDIA driver, or use the environment without vLLM for older drivers (README, "
+                   "'GPU with an older driver')")
+    assert mrlite.gpu.driver_mismatch("580.82.07", "13.0", "13.0") is None
+    assert mrlite.gpu.driver_mismatch("550.54.15", "12.4", "12.4") is None  # torch built for the driver's CUDA
+    assert mrlite.gpu.driver_mismatch("535.104.05", None, "13.0") is not None  # judged by the driver floor
+    assert mrlite.gpu.driver_mismatch(None, None, "13.0") is None  # nothing known: no claim
+
+
+def test_report_names_a_driver_too_old_for_the_pinned_torch() -> None:
+    f = facts(versions={"torch": "2.14.0"}, torch_cuda="13.0", cuda_available=False, gpus=[T4],
+              driver="550.54.15", driver_cuda="12.4")
+    lines, ok = report(f)
+    text = "\n".join(lines)
+    assert not ok
+    assert "✗ driver 550.54.15 supports CUDA up to 12.4, but this torch needs CUDA 13.0" in text
+    assert "pip install torch==2.14.0" not in text  # reinstalling the same torch would not help
+    # torch not installed yet: judged against the torch the GPU set pins
+    text = "\n".join(report(facts(gpus=[T4], driver="550.54.15", driver_cuda="12.4"))[0])
+    assert "this torch needs CUDA 13.0" in text
+    # a torch built for the driver's CUDA (the environment for older drivers) passes
+    lines, _ = report(facts(versions={"torch": "2.14.0+cu124"}, torch_cuda="12.4", cuda_available=True,
+                            gpus=[T4], driver="550.54.15", driver_cuda="12.4"))
+    assert "✓ NVIDIA driver 550.54.15 (CUDA up to 12.4)" in lines
+
+
+@pytest.mark.parametrize("py, ok", [((3, 14, 0), True), ((3, 13, 1), True), ((3, 11, 0), True),
+                                    ((3, 15, 0), False), ((3, 10, 12), False)])
+def test_python_range_for_the_gpu_set(py, ok) -> None:
+    lines, _ = report(facts(python=py, gpus=[H100]))
+    assert lines[0].startswith("✓" if ok else "✗")

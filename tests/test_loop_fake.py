@@ -325,3 +325,22 @@ def test_meta_judge_first_iteration_only(run_dir: Path) -> None:
     assert nrows(run_dir / "iter_01" / "pairs_judge.jsonl") > 0
     assert files_under(run_dir / "iter_02") == ITER_FILES - {"meta_judgments.jsonl", ".done/meta_judge.json"}
     assert nrows(run_dir / "iter_02" / "pairs_judge.jsonl") == 0
+
+
+def test_train_summary_counts_dropped_rows_once(run_dir: Path, monkeypatch) -> None:
+    """``TrainResult.n_rows`` already excludes the rows dropped as too long: the marker's n_out is n_rows."""
+    from mrlite.backends.base import TrainResult
+    from mrlite.backends.fake import FakeTrainer
+
+    real = FakeTrainer._train
+
+    def dropping(self, rows, base, out, kind):
+        res = real(self, rows, base, out, kind)
+        return TrainResult(n_rows=res.n_rows - 1, n_dropped=1, metrics=res.metrics, summary=res.summary)
+
+    monkeypatch.setattr(FakeTrainer, "_train", dropping)
+    run_logged(mrlite.load_recipe(SMOKE, ["loop.iterations=1"]), run_dir)
+    marker = json.loads((run_dir / "iter_01" / ".done" / "train.json").read_text())
+    s = marker["summary"]
+    assert s["dropped_too_long"] == 1
+    assert s["n_out"] == s["n_in"] - 1 == marker["n_out"]

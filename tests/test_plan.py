@@ -86,7 +86,7 @@ def test_paper_scale_counts() -> None:
     it1, it3 = steps(est, 1), steps(est, 3)
     assert it1["sample"].requests == 5000 and it1["sample"].sequences == 35_000
     assert it1["judge"].requests == 35_000 and it1["judge"].sequences == 385_000
-    assert it1["meta_judge"].requests == 5000 * 110 and it1["meta_judge"].detail == "110 battles/prompt"
+    assert it1["meta_judge"].requests == 5000 * 110 and it1["meta_judge"].detail.startswith("110 battles/prompt; ")
     assert "meta_judge" not in it3  # judge pairs in iterations 1-2 only
     assert it1["judge"].new_tokens == 385_000 * 130  # assumed mean judgment length
     # judge prompt = rubric + prompt + answer
@@ -160,3 +160,50 @@ def test_cli_edge_cases() -> None:
     assert r.exit_code == 1 and "unknown shape for model.base someone/unknown" in r.output
     r = invoke(str(REPO / "recipes" / "paper.yaml"), "--set", "actor.n=x")
     assert r.exit_code == 1 and "actor.n" in r.output
+
+
+def test_meta_judge_sequences_in_the_kv_cache() -> None:
+    card = GPU_CLASSES["rtx4090"]
+    r = recipe("paper", "backends.vllm.kv_cache_dtype=auto")
+    est = estimate(r, LLAMA3_8B, card, card.rates, prompt_tokens=100, quantization="fp8_per_tensor")
+    detail = steps(est, 1)["meta_judge"].detail
+    _, _, kv = generation_memory(LLAMA3_8B, card.total_gib, 0.88, "fp8_per_tensor", "auto", 4096)
+    seq = 440 + 112 + 480 + 2 * 130 + 170  # rubric + prompt + answer + 2 judgments + the verdict
+    n = int(kv // seq)
+    assert f"KV cache holds ~{n} meta-judge seqs at once (kv_cache_dtype fp8: ~" in detail
+    fp8 = int(detail.split("fp8: ~")[1].rstrip(")"))
+    assert fp8 in (2 * n, 2 * n + 1)  # 64 instead of 128 KiB per token
+    r8 = recipe("paper", "backends.vllm.kv_cache_dtype=fp8")
+    d8 = steps(estimate(r8, LLAMA3_8B, card, card.rates, prompt_tokens=100, quantization="fp8_per_tensor"), 1)
+    assert "kv_cache_dtype fp8" not in d8["meta_judge"].detail  # already fp8: nothing to suggest
+
+
+def test_host_memory_per_stage() -> None:
+    from mrlite.plan import HOST_RUNTIME_GIB, SHARD_GIB, host_memory
+
+    w16 = LLAMA3_8B.params * 2 / GIB
+    paper = recipe("paper")  # vLLM + unsloth, NF4 training
+    assert host_memory(paper, LLAMA3_8B, "judge") == HOST_RUNTIME_GIB  # vLLM streams weights to the GPU
+    assert host_memory(recipe("paper", "backends.generator=hf"), LLAMA3_8B, "judge") == pytest.approx(
+        HOST_RUNTIME_GIB + w16)
+    # the merge streams shard by shard: far below an fp32 copy of the model (32 GB for 8B)
+    trl16 = recipe("paper", "backends.trainer=trl", "train.load_in_4bit=false")
+    assert host_memory(trl16, LLAMA3_8B, "train") == pytest.approx(HOST_RUNTIME_GIB + w16)  # 16-bit load via host
+    trl4 = recipe("paper", "backends.trainer=trl")
+    merge = host_memory(trl4, LLAMA3_8B, "train")
+    assert SHARD_GIB + HOST_RUNTIME_GIB < merge < SHARD_GIB + HOST_RUNTIME_GIB + 2 < 32
+    # unsloth's offloaded gradient checkpointing: one bf16 activation per layer and sequence in host memory
+    offload = 32 * 2 * 3072 * 4096 * 2 / GIB
+    assert host_memory(paper, LLAMA3_8B, "train") == pytest.approx(HOST_RUNTIME_GIB + max(offload, merge - 3.0))
+    assert host_memory(paper, LLAMA3_8B, "pairs") == 0.0
+
+
+def test_cli_warns_about_host_ram() -> None:
+    r = invoke(str(REPO / "recipes" / "paper.yaml"), "--gpu-mem", "24", "--host-ram", "12",
+               "--set", "backends.generator=hf")
+    assert r.exit_code == 0, r.output
+    assert "host GiB" in r.output
+    assert ("WARN iter 1 sample: needs ~18 GiB of host RAM, planned for 12 GiB; use the vllm generator"
+            in r.output)
+    r = invoke(str(REPO / "recipes" / "paper.yaml"), "--gpu-mem", "24", "--host-ram", "64")
+    assert "of host RAM" not in r.output

@@ -121,8 +121,8 @@ def fakes(monkeypatch):
     rec = Recorder()
 
     class FakeModel:
-        def save_pretrained(self, d):
-            rec.calls.append(("save_pretrained", {"dir": d}))
+        def save_pretrained(self, d, **kw):
+            rec.calls.append(("save_pretrained", {"dir": d, **kw}))
             Path(d).mkdir(parents=True, exist_ok=True)
             (Path(d) / "adapter_config.json").write_text("{}")
             (Path(d) / "adapter_model.safetensors").write_bytes(b"adapter")
@@ -178,7 +178,8 @@ def fakes(monkeypatch):
                 self.state.log_history.append({**logs, "step": self.state.global_step, "epoch": self.state.epoch})
 
     trl = types.ModuleType("trl")
-    trl.DPOConfig = config_class("DPOConfig", ["beta", "precompute_ref_log_probs", "loss_type"])
+    trl.DPOConfig = config_class("DPOConfig", ["beta", "precompute_ref_log_probs", "precompute_ref_batch_size",
+                                               "loss_type"])
     trl.SFTConfig = config_class("SFTConfig", ["completion_only_loss"])
     trl.DPOTrainer = lambda **kw: Trainer("DPOTrainer", **kw)
     trl.SFTTrainer = lambda **kw: Trainer("SFTTrainer", **kw)
@@ -375,3 +376,40 @@ def test_diverged_loss_stops_before_the_merge(fakes, base_dir: Path, tmp_path: P
     with pytest.raises(ValueError, match=r"^dpo: the loss diverged \(nan\); lower train\.learning_rate$"):
         UnslothTrainer(recipe(), 1).train_dpo(rows, str(base_dir), tmp_path / "out")
     assert "save_pretrained_merged" not in fakes.names()
+
+
+def test_only_the_trained_adapter_is_saved(fakes, base_dir: Path, tmp_path: Path) -> None:
+    # TRL adds a frozen "ref" copy of the adapter when given a PeftModel and no reference model; peft would save
+    # every adapter (~170 MB per iteration for 8B, with an absolute path inside)
+    rows = tmp_path / "rows.jsonl"
+    atomic_write_jsonl(rows, [_dpo_row(0)])
+    UnslothTrainer(recipe(), 1).train_dpo(rows, str(base_dir), tmp_path / "out")
+    assert fakes.get("save_pretrained")["selected_adapters"] == ["default"]
+
+
+LLAMA3_8B_CONFIG = {"vocab_size": 128256, "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+                    "num_key_value_heads": 8, "intermediate_size": 14336, "torch_dtype": "bfloat16"}
+
+
+@pytest.mark.parametrize("card, sets, expected", [
+    (mrlite.gpu.GPUInfo(0, "RTX 4090", 23.6, (8, 9)), [], 2),  # NF4, 3072 tokens: logits of 2 rows fit
+    (mrlite.gpu.GPUInfo(0, "H100", 79.2, (9, 0)), ["train.load_in_4bit=false", "train.batch_size=4"], 10),
+    (mrlite.gpu.GPUInfo(0, "H100", 79.2, (9, 0)), ["train.max_length=512"], 32),  # capped
+])
+def test_reference_log_probs_batched_from_the_memory_plan(fakes, base_dir: Path, tmp_path: Path, monkeypatch,
+                                                           card, sets, expected) -> None:
+    (base_dir / "config.json").write_text(json.dumps(LLAMA3_8B_CONFIG))
+    monkeypatch.setattr(mrlite.gpu, "gpus", lambda use_torch=True: [card])
+    rows = tmp_path / "rows.jsonl"
+    atomic_write_jsonl(rows, [_dpo_row(0)])
+    UnslothTrainer(recipe(*sets), 1).train_dpo(rows, str(base_dir), tmp_path / "out")
+    cfg = fakes.get("DPOTrainer")["args"].kw
+    assert cfg["precompute_ref_log_probs"] is True and cfg["precompute_ref_batch_size"] == expected
+
+
+def test_reference_batch_unknown_card_leaves_trl_default(fakes, base_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(mrlite.gpu, "gpus", lambda use_torch=True: [])
+    rows = tmp_path / "rows.jsonl"
+    atomic_write_jsonl(rows, [_dpo_row(0)])
+    UnslothTrainer(recipe(), 1).train_dpo(rows, str(base_dir), tmp_path / "out")
+    assert "precompute_ref_batch_size" not in fakes.get("DPOTrainer")["args"].kw

@@ -16,7 +16,7 @@ import mrlite.gpu
 from mrlite.backends import BackendError
 from mrlite.backends.base import GenRequest, Sampling
 from mrlite.backends.vllm import (
-    VLLMGenerator, default_quantization, engine_kwargs, force_regex, forcing_tokens, stop_token_ids,
+    VLLMGenerator, default_quantization, engine_env, engine_kwargs, force_regex, forcing_tokens, stop_token_ids,
 )
 from mrlite.gpu import GPUInfo
 from mrlite.parsing import parse_score, parse_winner
@@ -237,6 +237,9 @@ def fake_vllm(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", mod)
     monkeypatch.setitem(sys.modules, "vllm.sampling_params", sp_mod)
     monkeypatch.setattr(mrlite.gpu, "gpus", lambda use_torch=True: [RTX4090])
+    for var in ("VLLM_BATCH_INVARIANT", "VLLM_CPU_NUM_OF_RESERVED_CPU"):  # the generator sets them; undo after
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
     FakeLLM.instances.clear()
     FakeLLM.script = staticmethod(lambda msgs, sp, j: f"answer {j} to {msgs[-1]['content'][:10]}")
     return mod
@@ -369,3 +372,70 @@ def test_recipe_backend_name_builds_this_generator(fake_vllm, monkeypatch) -> No
     monkeypatch.setattr(mrlite.backends, "missing_packages", lambda name: [])  # torch/vllm not installed here
     g = load_generator(recipe("backends.generator=vllm"), "/models/m0")
     assert type(g) is VLLMGenerator and FakeLLM.instances[-1].kw["model"] == "/models/m0"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# no CUDA device (vLLM's CPU build) and batch-invariant kernels
+
+
+@pytest.mark.parametrize("sets, cpu_bf16, dtype", [
+    ([], False, "float32"),                        # auto on an AVX2-only CPU: no emulated bf16
+    ([], True, "bfloat16"),                        # AVX512-BF16 / AMX: native bf16
+    (["model.dtype=bfloat16"], False, "bfloat16"),  # explicit wins (no compute-capability error on a CPU)
+    (["model.dtype=float16"], True, "float16"),
+])
+def test_engine_kwargs_without_cuda(sets, cpu_bf16, dtype) -> None:
+    kw = engine_kwargs(recipe("model.dtype=auto", "backends.vllm.quantization=null", *sets), "/models/m", None,
+                       cuda=False, cpu_bf16=cpu_bf16, env={})
+    assert kw["dtype"] == dtype
+    assert kw["enable_chunked_prefill"] is False  # seeded requests + chunked prefill crash vLLM's CPU sampler
+    assert kw["kv_cache_memory_bytes"] == 2 * 1024**3  # explicit KV cache, not a share of system RAM
+    assert kw["gpu_memory_utilization"] == 0.3  # read as a share of RAM there; 0.88 would refuse to start
+    assert "quantization" not in kw
+
+
+def test_engine_kwargs_without_cuda_env_and_overrides() -> None:
+    kw = engine_kwargs(recipe(), "/m", None, cuda=False, env={"VLLM_CPU_KVCACHE_SPACE": "6"})
+    assert kw["kv_cache_memory_bytes"] == 6 * 1024**3
+    kw = engine_kwargs(recipe("backends.vllm.engine_args={enable_chunked_prefill: true}"), "/m", None, cuda=False,
+                       env={})
+    assert kw["enable_chunked_prefill"] is True  # engine_args still win
+    gpu = engine_kwargs(recipe(), "/m", 79.2, weights_gib=15)
+    assert not {"enable_chunked_prefill", "kv_cache_memory_bytes"} & set(gpu)  # a GPU keeps vLLM's defaults
+
+
+def test_batch_invariant_env_and_refusals() -> None:
+    assert engine_env(recipe()) == {"VLLM_BATCH_INVARIANT": "0"}
+    assert engine_env(recipe("backends.vllm.batch_invariant=true")) == {"VLLM_BATCH_INVARIANT": "1"}
+    assert engine_env(recipe(), cuda=False)["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    on = recipe("backends.vllm.batch_invariant=true")
+    assert engine_kwargs(on, "/m", H100.total_gib, bf16=True)["model"] == "/m"
+    with pytest.raises(BackendError, match=r"backends\.vllm\.batch_invariant needs a CUDA GPU .*none found"):
+        engine_kwargs(on, "/m", None, cuda=False)
+    with pytest.raises(BackendError, match=r"compute capability >= 8\.0 \(this card has less\)"):
+        engine_kwargs(on, "/m", T4.total_gib, bf16=False)
+
+
+def test_generator_sets_batch_invariant_before_the_engine(fake_vllm, monkeypatch) -> None:
+    seen = {}
+
+    class Spy(FakeLLM):
+        def __init__(self, **kw):
+            import os
+
+            seen["env"] = os.environ.get("VLLM_BATCH_INVARIANT")
+            super().__init__(**kw)
+
+    fake_vllm.LLM = Spy
+    gen("backends.vllm.batch_invariant=true")
+    assert seen["env"] == "1"
+
+
+def test_generator_without_cuda_uses_cpu_settings(fake_vllm, monkeypatch) -> None:
+    monkeypatch.setattr(mrlite.gpu, "gpus", lambda use_torch=True: [])
+    monkeypatch.setattr(mrlite.gpu, "cpu_has_bf16", lambda cpuinfo=None: False)
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    gen("model.dtype=auto", "backends.vllm.quantization=null")
+    (llm,) = FakeLLM.instances
+    assert llm.kw["dtype"] == "float32" and llm.kw["enable_chunked_prefill"] is False
+    assert "quantization" not in llm.kw

@@ -64,7 +64,9 @@ class TrainResult:
     """What a training call reports back. ``metrics`` rows go to ``train_metrics.jsonl``."""
 
     n_rows: int
+    """Rows trained on, after the rows longer than max_length were dropped."""
     n_dropped: int = 0
+    """Rows dropped as longer than max_length (not included in ``n_rows``)."""
     metrics: list[dict] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
 

@@ -47,6 +47,9 @@ SECTION = {"dpo": "train", "sft": "eft"}
 """The recipe section that configures each kind: DPO steps use ``train``, the EFT SFT (iteration 0) ``eft``."""
 WORK_DIR = ".trainer"
 """The trainer's scratch directory inside ``out`` (checkpoints); removed once the adapter is saved."""
+TRAINED_ADAPTER = "default"
+"""peft's name for the LoRA being trained. The only adapter saved: TRL adds a frozen copy named "ref" when it is
+given a PeftModel without a reference model (unsloth's case), and peft would save it too (with an absolute path)."""
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Each call trains a new peft LoRA on ``base`` (the previous iteration's merged model), so DPO's reference model is
 ``base`` itself (TRL computes it with the adapter disabled; no second copy is loaded), which is the paper's
 M_t -> M_{t+1} step (Meta-Rewarding, arXiv 2407.19594 §2.3; Self-Rewarding, arXiv 2401.10020 §2.3). The adapter is
-then merged into an unquantised copy of ``base`` and saved with a ``lineage.json``.
+then merged shard by shard into the unquantised weights of ``base`` (``mrlite.merge``; on the GPU when there is one)
+and saved with a ``lineage.json``; only the trained adapter is saved.
 Exercised by: ``mrlite run recipes/tiny.yaml``.
 """
 
@@ -122,7 +123,7 @@ class TRLTrainer:
                                 metrics=metrics, t0=t0, train_seconds=train_seconds, load_in_4bit=quantized)
 
         adapter_dir = out / "adapter"
-        trainer.model.save_pretrained(adapter_dir)
+        trainer.model.save_pretrained(adapter_dir, selected_adapters=[core.TRAINED_ADAPTER])
         core.portable_adapter(adapter_dir, base, out)
         del trainer, model
         shutil.rmtree(out / core.WORK_DIR, ignore_errors=True)
@@ -189,11 +190,42 @@ class TRLTrainer:
         return AutoModelForCausalLM.from_pretrained(base, **kw)
 
     def _merge(self, base: str, adapter_dir: Path, model_dir: Path, tok, kind: str) -> None:
-        """Merge the adapter into an unquantised fp32 reload of ``base``; save it in base's own dtype.
+        """Merge the adapter into the unquantised weights of ``base``, stored in base's own dtype.
 
-        Never merge into 4-bit weights (rounding, stack.md §4 "QLoRA merge"); fp32 arithmetic keeps the small
-        LoRA delta, and saving in the dtype ``base`` was stored in keeps a bf16 Hub model's files bf16.
+        Streams base's safetensors shards tensor by tensor (``mrlite.merge``: W + fp32 delta, on the GPU when
+        there is one), so host memory stays near one shard; bit-identical to peft's merge into an fp32 reload,
+        which stays the fallback for what the stream cannot merge (DoRA, .bin weights). Never merges into 4-bit
+        weights (rounding, stack.md §4 "QLoRA merge"); a bf16 Hub model's files stay bf16.
         """
+        from mrlite.merge import StreamingMergeUnsupported, merge_streaming
+
+        src = self._local_dir(base)
+        if src is not None:
+            try:
+                merge_streaming(src, adapter_dir, model_dir, device="cuda" if self.cuda else "cpu")
+            except StreamingMergeUnsupported as e:
+                log.info("merge: %s; merging with peft into an fp32 copy instead", e)
+                shutil.rmtree(model_dir, ignore_errors=True)
+                src = None
+        if src is None:
+            self._merge_fp32(base, adapter_dir, model_dir)
+        tok.save_pretrained(model_dir)
+        core.write_lineage(model_dir, base, self.iteration, kind, adapter_dir)
+
+    def _local_dir(self, base: str) -> Path | None:
+        """``base`` as a local directory: itself, or its snapshot in the Hub cache (it was just loaded from there)."""
+        if Path(base).is_dir():
+            return Path(base)
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(base, revision=self.recipe.model.revision, local_files_only=True))
+        except Exception as e:  # not cached as a snapshot: the fp32 merge loads it like training did
+            log.debug("merge: no local snapshot of %s (%s)", base, e)
+            return None
+
+    def _merge_fp32(self, base: str, adapter_dir: Path, model_dir: Path) -> None:
+        """peft's merge into an fp32 reload of ``base`` (~4 bytes per parameter of host RAM), saved in base's dtype."""
         kw = self._load_kwargs(base)
         stored = getattr(AutoConfig.from_pretrained(base, **kw), "dtype", None)
         full = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, **kw)
@@ -204,5 +236,3 @@ class TRLTrainer:
             merged = merged.to(stored)
         model_dir.mkdir(parents=True, exist_ok=True)
         merged.save_pretrained(model_dir)
-        tok.save_pretrained(model_dir)
-        core.write_lineage(model_dir, base, self.iteration, kind, adapter_dir)

@@ -8,6 +8,8 @@ unsloth from swapping in its pre-quantised Hub twin), add a LoRA, run TRL's ``DP
 log-probs, save the adapter, then ``save_pretrained_merged(..., save_method="merged_16bit")``: the LoRA delta
 is merged into the pristine 16-bit weights read shard by shard from that local directory, so nothing is
 downloaded and nothing is ever merged into 4-bit (an NF4 requantisation can round a DPO delta away, §1.5).
+The reference log-probs are precomputed in batches sized from the card's memory (``shapes.ref_batch_size``), and
+only the trained adapter is saved (TRL adds a frozen "ref" copy next to it when given a PeftModel).
 Writes ``out/adapter/``, ``out/model/`` (weights, tokenizer, generation_config.json, lineage.json).
 Exercised by: ``mrlite run recipes/paper.yaml --only train --iter 1`` (needs ``pip install 'mrlite[gpu]'``).
 """
@@ -88,6 +90,30 @@ def write_lineage(model_dir: Path, base: str, iteration: int, kind: str, adapter
     return core.write_lineage(model_dir, base, iteration, kind, adapter, trainer="unsloth", merge=MERGE_METHOD)
 
 
+def load_kwargs(recipe: Recipe, cfg, base_dir: Path) -> dict[str, Any]:
+    """``FastLanguageModel.from_pretrained`` keywords: the local 16-bit directory, NF4 or 16-bit, exact name."""
+    four_bit = recipe.train.load_in_4bit
+    kw: dict[str, Any] = {
+        "model_name": str(base_dir),
+        "max_seq_length": cfg.max_length,
+        "dtype": None,  # bf16 where the GPU has it, else fp16 (T4)
+        "load_in_4bit": four_bit,
+        "load_in_16bit": not four_bit,
+        "use_exact_model_name": True,
+    }
+    if recipe.model.trust_remote_code:
+        kw["trust_remote_code"] = True
+    return kw
+
+
+def lora_kwargs(cfg, seed: int) -> dict[str, Any]:
+    """``FastLanguageModel.get_peft_model`` keywords (besides the model) for ``cfg.lora``."""
+    lora = cfg.lora
+    return {"r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
+            "target_modules": list(lora.target_modules), "bias": "none", "use_gradient_checkpointing": "unsloth",
+            "random_state": seed}
+
+
 class UnslothTrainer:
     """Trainer backend on unsloth + TRL (one CUDA GPU).
 
@@ -137,7 +163,7 @@ class UnslothTrainer:
         kept, dropped = core.fitting_rows(data, tokenizer, kind, self.cfg.max_length, rows_path)
         model = self._lora(model)
         collect = core.metrics_callback()
-        trainer = self._trainer(model, tokenizer, kept, out, kind, collect)
+        trainer = self._trainer(model, tokenizer, kept, out, kind, collect, base_dir)
         metrics = core.run_trainer(trainer, collect, self.recipe, kind, self.iteration, out)
         train_seconds = time.perf_counter() - t0
         core.check_finite(metrics, kind)
@@ -153,18 +179,7 @@ class UnslothTrainer:
 
         from mrlite.models import check_chat_template
 
-        four_bit = self.recipe.train.load_in_4bit
-        kw: dict[str, Any] = {
-            "model_name": str(base_dir),
-            "max_seq_length": self.cfg.max_length,
-            "dtype": None,  # bf16 where the GPU has it, else fp16 (T4)
-            "load_in_4bit": four_bit,
-            "load_in_16bit": not four_bit,
-            "use_exact_model_name": True,
-        }
-        if self.recipe.model.trust_remote_code:
-            kw["trust_remote_code"] = True
-        model, tokenizer = FastLanguageModel.from_pretrained(**kw)
+        model, tokenizer = FastLanguageModel.from_pretrained(**load_kwargs(self.recipe, self.cfg, base_dir))
         check_chat_template(tokenizer, self.recipe.model.base)
         if tokenizer.pad_token is None:  # Llama-3 has none
             tokenizer.pad_token = tokenizer.eos_token
@@ -173,28 +188,43 @@ class UnslothTrainer:
     def _lora(self, model):
         from unsloth import FastLanguageModel
 
-        lora = self.cfg.lora
-        return FastLanguageModel.get_peft_model(
-            model, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules),
-            bias="none", use_gradient_checkpointing="unsloth", random_state=self.seed,
-        )
+        return FastLanguageModel.get_peft_model(model, **lora_kwargs(self.cfg, self.seed))
 
-    def _backend_args(self, kind: str) -> dict[str, Any]:
-        """What unsloth adds to the recipe's config fields: the GPU's 16-bit type, precomputed reference log-probs."""
+    def _backend_args(self, kind: str, base_dir: Path | None = None) -> dict[str, Any]:
+        """What unsloth adds to the recipe's config fields: the GPU's 16-bit type, precomputed reference log-probs.
+
+        The reference pass is batched as the card allows (``precompute_ref_batch_size`` from the model's shape and
+        the card's memory, ``mrlite.shapes.ref_batch_size``); TRL would otherwise use the train batch size.
+        """
         from unsloth import is_bfloat16_supported
 
         bf16 = bool(is_bfloat16_supported())
         args: dict[str, Any] = {"bf16": bf16, "fp16": not bf16}
         if kind == "dpo":
             args["precompute_ref_log_probs"] = True
+            ref = self._ref_batch_size(base_dir) if base_dir is not None else None
+            if ref is not None:
+                args["precompute_ref_batch_size"] = ref
         return args
 
-    def _trainer(self, model, tokenizer, rows: list[dict], out: Path, kind: str, collect):
+    def _ref_batch_size(self, base_dir: Path) -> int | None:
+        from mrlite.gpu import gpus
+        from mrlite.shapes import model_shape, ref_batch_size
+
+        devs, shape = gpus(), model_shape(str(base_dir))
+        if not devs or shape is None:
+            return None
+        c = self.recipe.train
+        return ref_batch_size(shape, devs[0].total_gib, four_bit=c.load_in_4bit, max_length=c.max_length,
+                              train_batch=c.batch_size, lora_params=shape.lora_params(c.lora.r, c.lora.target_modules))
+
+    def _trainer(self, model, tokenizer, rows: list[dict], out: Path, kind: str, collect, base_dir: Path | None = None):
         from datasets import Dataset
         from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
         config_cls = DPOConfig if kind == "dpo" else SFTConfig
-        args = core.trainer_config(config_cls, self.recipe, kind, self.iteration, out, self._backend_args(kind))
+        args = core.trainer_config(config_cls, self.recipe, kind, self.iteration, out,
+                                   self._backend_args(kind, base_dir))
         if kind == "dpo":
             return DPOTrainer(model=model, ref_model=None, args=args, train_dataset=Dataset.from_list(rows),
                               processing_class=tokenizer, callbacks=[collect])
@@ -203,7 +233,7 @@ class UnslothTrainer:
 
     def _save(self, model, tokenizer, base: str, base_dir: Path, out: Path, kind: str) -> None:
         adapter, merged = out / "adapter", out / "model"
-        model.save_pretrained(str(adapter))
+        model.save_pretrained(str(adapter), selected_adapters=[core.TRAINED_ADAPTER])  # not TRL's frozen "ref" copy
         model.save_pretrained_merged(str(merged), tokenizer, save_method=MERGE_METHOD)
         core.portable_adapter(adapter, str(base_dir), out)  # no absolute paths in run files (after the merge read it)
         gen = base_dir / "generation_config.json"
@@ -213,4 +243,5 @@ class UnslothTrainer:
         shutil.rmtree(out / core.WORK_DIR, ignore_errors=True)
 
 
-__all__ = ["MERGE_METHOD", "UnslothTrainer", "import_unsloth", "local_base", "write_lineage"]
+__all__ = ["MERGE_METHOD", "UnslothTrainer", "import_unsloth", "load_kwargs", "local_base", "lora_kwargs",
+           "write_lineage"]

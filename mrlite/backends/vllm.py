@@ -7,6 +7,12 @@ through ``LLM.chat`` (``generate`` on a rendered string would add a second BOS),
 tokenizer, ``generation_config.json`` and the known end-of-turn tokens rather than trusted to each merged
 directory. Exercised by: ``mrlite run recipes/paper.yaml`` (needs a CUDA GPU and ``pip install 'mrlite[gpu]'``).
 
+Determinism: every request carries its own seed, but vLLM is not batch-invariant by default: a row's sample can
+change with the other requests batched with it, and a chunk regenerated after a kill starts with a cold prefix
+cache. ``backends.vllm.batch_invariant: true`` sets ``VLLM_BATCH_INVARIANT=1`` before the engine starts (vLLM's
+batch-invariant kernels; compute capability >= 8.0); the generation stages' markers record it with the backend
+section. Without CUDA (vLLM's CPU build) the engine gets settings that are safe there (``cpu_engine_kwargs``).
+
 Forced completion (``GenRequest.force``), in two layers:
 
 1. With ``backends.vllm.structured_outputs: true`` the request is regex-constrained
@@ -26,8 +32,10 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +56,15 @@ END_OF_TURN_TOKENS = ("<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "<end_of_tu
 SEED_MODULUS = 2**31 - 1
 """vLLM gives sample i of an ``n>1`` request the seed ``seed + i``; folding keeps that inside int32/int64."""
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+GIB = 1024**3
+CPU_KV_CACHE_GIB = 2
+"""KV cache reserved on vLLM's CPU backend (``kv_cache_memory_bytes``) unless ``VLLM_CPU_KVCACHE_SPACE`` says."""
+CPU_MEMORY_UTILIZATION = 0.3
+"""vLLM's CPU backend reads ``gpu_memory_utilization`` as a share of *system RAM*; the GPU default (0.88) refuses to
+start on any machine with other processes (stack.md Part 1 §6a). With an explicit KV cache size it only names
+the worker's reservation."""
+BATCH_INVARIANT_ENV = "VLLM_BATCH_INVARIANT"
+"""vLLM 0.33's switch for batch-invariant kernels (``vllm/envs.py``), read when the engine starts."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -55,7 +72,8 @@ _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
 def engine_kwargs(recipe: Recipe, model: str, gpu_mem_gib: float | None, *, bf16: bool = True,
-                  weights_gib: float | None = None) -> dict[str, Any]:
+                  weights_gib: float | None = None, cuda: bool = True, cpu_bf16: bool = False,
+                  env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Keyword arguments for ``vllm.LLM`` from the recipe and the card.
 
     Args:
@@ -65,17 +83,28 @@ def engine_kwargs(recipe: Recipe, model: str, gpu_mem_gib: float | None, *, bf16
         gpu_mem_gib: Total memory of the card (None: unknown, no size-based default).
         bf16: Whether the card has bf16 (compute capability >= 8.0).
         weights_gib: Size of the model's 16-bit weights if known (a small model needs no FP8 on a small card).
+        cuda: Whether a CUDA device is present. Without one (vLLM's CPU build, ``vllm-cpu``) the engine gets
+            settings that are safe there, see ``cpu_engine_kwargs``.
+        cpu_bf16: Without CUDA: whether the CPU runs bf16 natively (AVX512-BF16 or AMX).
+        env: Environment to read ``VLLM_CPU_KVCACHE_SPACE`` from (default ``os.environ``).
 
     Returns:
         The kwargs. ``quantization`` unset in the recipe means: ``fp8_per_tensor`` on cards <= 32 GiB unless the
         16-bit weights take at most a third of the card, else none (bf16); ``"none"`` forces none.
 
     Raises:
-        BackendError: bf16 asked for on a card without it.
+        BackendError: bf16 asked for on a card without it; batch-invariant kernels asked for without a card that
+            has them.
     """
     v = recipe.backends.vllm
     m = recipe.model
-    if m.dtype == "auto":
+    if v.batch_invariant and not (cuda and bf16):
+        raise BackendError("backends.vllm.batch_invariant needs a CUDA GPU with compute capability >= 8.0 "
+                           f"({'this card has less' if cuda else 'none found'}); set backends.vllm.batch_invariant: "
+                           "false")
+    if not cuda:
+        dtype = ("bfloat16" if cpu_bf16 else "float32") if m.dtype == "auto" else _DTYPES[m.dtype]
+    elif m.dtype == "auto":
         dtype = "bfloat16" if bf16 else "float16"
     elif m.dtype == "bfloat16" and not bf16:
         raise BackendError("model.dtype bfloat16 needs a GPU with compute capability >= 8.0; set model.dtype: "
@@ -100,8 +129,44 @@ def engine_kwargs(recipe: Recipe, model: str, gpu_mem_gib: float | None, *, bf16
         kw["trust_remote_code"] = True
     if m.revision and not Path(model).is_dir():
         kw["revision"] = m.revision
+    if not cuda:
+        kw.update(cpu_engine_kwargs(os.environ if env is None else env))
     kw.update(v.engine_args)
     return kw
+
+
+def cpu_engine_kwargs(env: Mapping[str, str]) -> dict[str, Any]:
+    """Engine settings for vLLM's CPU backend (no CUDA device), each avoiding a failure seen with ``vllm-cpu``.
+
+    - ``enable_chunked_prefill=False``: with per-request seeds, a batch whose prompts exceed one scheduler step is
+      split by chunked prefill and the seeded CPU sampler crashes the engine ("CPU Generator does not use offset",
+      then ``EngineDeadError``).
+    - ``kv_cache_memory_bytes``: an explicit KV cache (``VLLM_CPU_KVCACHE_SPACE`` GiB if set, else
+      ``CPU_KV_CACHE_GIB``), so vLLM does not size it from ``gpu_memory_utilization`` read as a share of RAM.
+    - ``gpu_memory_utilization``: ``CPU_MEMORY_UTILIZATION`` (the worker's share of system RAM on this backend).
+
+    The dtype rule (``model.dtype: auto`` -> float32 unless the CPU has native bf16) is in ``engine_kwargs``.
+    """
+    try:
+        kv_gib = float(env.get("VLLM_CPU_KVCACHE_SPACE") or CPU_KV_CACHE_GIB)
+    except ValueError:
+        kv_gib = float(CPU_KV_CACHE_GIB)
+    return {"enable_chunked_prefill": False, "kv_cache_memory_bytes": int(kv_gib * GIB),
+            "gpu_memory_utilization": CPU_MEMORY_UTILIZATION}
+
+
+def engine_env(recipe: Recipe, *, cuda: bool = True) -> dict[str, str]:
+    """Environment variables the engine must see before it starts (vLLM reads them in its engine process).
+
+    ``VLLM_BATCH_INVARIANT=1`` when ``backends.vllm.batch_invariant``: without it vLLM is not batch-invariant
+    (a row's sample can depend on what else was batched with it, and on a resumed chunk's cold prefix cache).
+    Without CUDA, ``VLLM_CPU_NUM_OF_RESERVED_CPU=0`` lets the model use every core (vLLM otherwise keeps one for
+    the engine process: ~40% slower on 2 cores, stack.md Part 1 §6a); an explicit setting in the environment wins.
+    """
+    out = {BATCH_INVARIANT_ENV: "1" if recipe.backends.vllm.batch_invariant else "0"}
+    if not cuda:
+        out["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+    return out
 
 
 def default_quantization(setting: str | None, gpu_mem_gib: float | None, weights_gib: float | None) -> str | None:
@@ -129,6 +194,33 @@ def sampling_kwargs(req: GenRequest, sampling: Sampling, max_tokens: int, stop_i
     if regex is not None:
         kw["regex"] = regex
     return kw
+
+
+STRUCTURED_FIELD = "structured_outputs"
+"""The ``SamplingParams`` field that takes a ``StructuredOutputsParams``."""
+
+
+def split_structured(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``sampling_kwargs`` output split into ``SamplingParams`` fields and ``StructuredOutputsParams`` fields."""
+    kw = dict(kw)
+    regex = kw.pop("regex", None)
+    return kw, (None if regex is None else {"regex": regex})
+
+
+def force_sampling_kwargs(choices: list[int], temperature: float = 0.0, seed: int | None = None) -> dict[str, Any]:
+    """``SamplingParams`` fields of one forced step: one token among the allowed value tokens, sampled at the role's
+    temperature with the row's seed (argmax at T = 0), the rule every backend follows."""
+    kw: dict[str, Any] = {"n": 1, "temperature": temperature, "top_p": 1.0, "max_tokens": 1,
+                          "allowed_token_ids": list(choices)}
+    if temperature > 0:
+        kw["seed"] = seed
+    return kw
+
+
+CHAT_KWARGS: dict[str, Any] = {"use_tqdm": True, "add_generation_prompt": True}
+"""Keywords of every ``LLM.chat`` call (besides the messages and the SamplingParams list)."""
+GENERATE_KWARGS: dict[str, Any] = {"use_tqdm": False}
+"""Keywords of every ``LLM.generate`` call (the forced steps, on token ids)."""
 
 
 def force_regex(force: str, score_range: tuple[float, float]) -> str:
@@ -182,20 +274,26 @@ class VLLMGenerator:
     """
 
     def __init__(self, recipe: Recipe, model: str):
+        from mrlite.gpu import cpu_has_bf16, gpus
+        from mrlite.models import check_chat_template
+        from mrlite.shapes import weights_gib_16bit
+
+        devs = gpus()
+        card = devs[0] if devs else None
+        kw = engine_kwargs(recipe, model, card.total_gib if card else None, bf16=card.bf16 if card else True,
+                           weights_gib=weights_gib_16bit(model), cuda=card is not None, cpu_bf16=cpu_has_bf16())
+        for k, val in engine_env(recipe, cuda=card is not None).items():  # before vLLM reads its environment
+            if k == BATCH_INVARIANT_ENV:
+                os.environ[k] = val
+            else:
+                os.environ.setdefault(k, val)
         try:
             import vllm
         except ImportError:
             raise BackendError("backend 'vllm' needs vllm: pip install 'mrlite[gpu]' (see `mrlite doctor`)") from None
-        from mrlite.gpu import gpus
-        from mrlite.models import check_chat_template
-        from mrlite.shapes import weights_gib_16bit
 
         self._vllm = vllm
         self.recipe = recipe
-        devs = gpus()
-        card = devs[0] if devs else None
-        kw = engine_kwargs(recipe, model, card.total_gib if card else None, bf16=card.bf16 if card else True,
-                           weights_gib=weights_gib_16bit(model))
         log.info("vllm engine: %s", ", ".join(f"{k}={v}" for k, v in kw.items()))
         t0 = time.perf_counter()
         self.llm = vllm.LLM(**kw)
@@ -239,7 +337,7 @@ class VLLMGenerator:
             regex = force_regex(r.force, self.recipe.judge.score_range) if (r.force and structured) else None
             params.append(self._sampling_params(
                 sampling_kwargs(r, sampling, min(sampling.max_new_tokens, room), self.stop_ids, regex)))
-        outs = self.llm.chat([r.messages for r in requests], params, use_tqdm=True, add_generation_prompt=True)
+        outs = self.llm.chat([r.messages for r in requests], params, **CHAT_KWARGS)
         texts: dict[tuple[int, int], str] = {}
         ids: dict[tuple[int, int], list[int]] = {}
         prompt_ids: dict[int, list[int]] = {}
@@ -300,11 +398,11 @@ class VLLMGenerator:
     # Internals
 
     def _sampling_params(self, kw: dict[str, Any]):
-        regex = kw.pop("regex", None)
-        if regex is not None:
+        kw, structured = split_structured(kw)
+        if structured is not None:
             from vllm.sampling_params import StructuredOutputsParams
 
-            kw["structured_outputs"] = StructuredOutputsParams(regex=regex)
+            kw[STRUCTURED_FIELD] = StructuredOutputsParams(**structured)
         return self._vllm.SamplingParams(**kw)
 
     def _encode(self, messages: list[Message]) -> list[int]:
@@ -337,11 +435,10 @@ class VLLMGenerator:
         for i, j in todo:
             f = self._forcing_for(requests[i].force)
             prompts.append({"prompt_token_ids": prompt_ids[i] + ids[(i, j)] + f.prefix})  # stop tokens dropped
-            params.append(self._vllm.SamplingParams(
-                n=1, temperature=sampling.temperature, top_p=1.0, max_tokens=1, allowed_token_ids=list(f.choices),
-                seed=derive_seed(requests[i].seed, j, "forced") if sampling.temperature > 0 else None))
+            params.append(self._vllm.SamplingParams(**force_sampling_kwargs(
+                f.choices, sampling.temperature, derive_seed(requests[i].seed, j, "forced"))))
             forcings.append(f)
-        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        outs = self.llm.generate(prompts, params, **GENERATE_KWARGS)
         result = {}
         for (i, j), f, o in zip(todo, forcings, outs, strict=True):
             tok = list(o.outputs[0].token_ids)[:1]
@@ -353,10 +450,14 @@ class VLLMGenerator:
 __all__ = [
     "Forcing",
     "VLLMGenerator",
+    "cpu_engine_kwargs",
     "default_quantization",
+    "engine_env",
     "engine_kwargs",
     "force_regex",
+    "force_sampling_kwargs",
     "forcing_tokens",
     "sampling_kwargs",
+    "split_structured",
     "stop_token_ids",
 ]

@@ -57,7 +57,7 @@ def run(ctx: StageContext) -> dict:
     replace_dir(tmp / "adapter", ctx.path("adapter"))
     replace_dir(tmp / "model", ctx.path("model"))
     shutil.rmtree(tmp)
-    return {"n_in": len(sft), "n_out": result.n_rows - result.n_dropped, "dropped_too_long": result.n_dropped,
+    return {"n_in": len(sft), "n_out": result.n_rows, "dropped_too_long": result.n_dropped,
             **untimed(result.summary)}
 
 

@@ -72,7 +72,7 @@ def run(ctx: StageContext) -> dict:
     fault_point("train:between_moves")
     replace_dir(tmp / "model", ctx.path("model"))
     shutil.rmtree(tmp)
-    return {"n_in": len(rows), "n_out": result.n_rows - result.n_dropped, "actor_pairs": n_actor,
+    return {"n_in": len(rows), "n_out": result.n_rows, "actor_pairs": n_actor,
             "judge_pairs": len(rows) - n_actor, "dropped_too_long": result.n_dropped,
             **({"adapter": fingerprint(ctx.path("adapter"))[:16]} if ctx.path("adapter").exists() else {}), **untimed(result.summary)}
 
