@@ -23,6 +23,7 @@ import click
 CPU_PINS = {
     "torch": "2.13.0", "transformers": "5.23.0", "peft": "0.21.2", "trl": "1.16.0", "datasets": "5.2.0",
     "accelerate": "1.15.0", "bitsandbytes": "0.50.2", "gguf": "0.19.0",
+    "huggingface_hub": "2.4.0", "tensorboard": "2.21.0",
 }
 GPU_PINS = {
     "torch": "2.14.0", "vllm": "0.33.0", "transformers": "5.17.0", "trl": "1.15.0", "peft": "0.21.2",

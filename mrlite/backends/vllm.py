@@ -210,11 +210,8 @@ def split_structured(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
 def force_sampling_kwargs(choices: list[int], temperature: float = 0.0, seed: int | None = None) -> dict[str, Any]:
     """``SamplingParams`` fields of one forced step: one token among the allowed value tokens, sampled at the role's
     temperature with the row's seed (argmax at T = 0), the rule every backend follows."""
-    kw: dict[str, Any] = {"n": 1, "temperature": temperature, "top_p": 1.0, "max_tokens": 1,
-                          "allowed_token_ids": list(choices)}
-    if temperature > 0:
-        kw["seed"] = seed
-    return kw
+    return {"n": 1, "temperature": temperature, "top_p": 1.0, "max_tokens": 1, "allowed_token_ids": list(choices),
+            "seed": seed if temperature > 0 else None}
 
 
 CHAT_KWARGS: dict[str, Any] = {"use_tqdm": True, "add_generation_prompt": True}
