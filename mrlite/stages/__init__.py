@@ -18,7 +18,7 @@ from types import ModuleType
 from mrlite import __version__
 from mrlite.errors import MrliteError
 from mrlite.recipe import Recipe
-from mrlite.rundir import RunDir, RunDirError, config_hash, fault_point, fingerprint
+from mrlite.rundir import RunDir, RunDirError, config_hash, fault_point, fingerprint, model_identity
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,6 @@ STAGES = ("prompts", "eft_data", "eft", "sample", "judge", "meta_judge", "pairs"
 others run in every iteration."""
 SETUP_STAGES = ("prompts", "eft_data", "eft")
 """The iteration-0 stages."""
-ITER_STAGES = tuple(s for s in STAGES if s not in SETUP_STAGES)
 GENERATION_STAGES = ("sample", "judge", "meta_judge")
 HEAVY_STAGES = ("prompts", "eft_data", "eft", "sample", "judge", "meta_judge", "train")
 
@@ -63,7 +62,7 @@ class StageContext:
         if d is None:
             m = self.recipe.model
             return f"{m.base}@{m.revision or ''}"
-        return fingerprint(d / "lineage.json") if (d / "lineage.json").exists() else fingerprint(d)
+        return model_identity(d)
 
     def policy_model(self) -> str:
         """A loadable model for M_{t-1} (resolves aliases such as smollm2-135m; may convert once)."""
