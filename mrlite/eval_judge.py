@@ -14,8 +14,7 @@ import importlib.resources
 from pathlib import Path
 from string import Template
 
-from mrlite.backends.base import GenRequest, Sampling
-from mrlite.datagen import fits
+from mrlite.backends.base import GenRequest, Sampling, fits
 from mrlite.rundir import atomic_write_jsonl, derive_seed, read_jsonl
 from mrlite.parsing import parse_pairwise
 from mrlite.winrate import PromptResult

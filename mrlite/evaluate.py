@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mrlite.backends.base import GenRequest, Sampling
-from mrlite.datagen import fits, judge_scores, open_generator
+from mrlite.backends.base import fits
+from mrlite.datagen import judge_scores, open_generator
 from mrlite.errors import MrliteError
 from mrlite.oasst import human_agreement, load_ranked
 from mrlite.recipe import Recipe, load_recipe
