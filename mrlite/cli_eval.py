@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from mrlite.errors import setup_cli_logging, user_errors
+from mrlite.fmt import pct
 
 
 _errors = user_errors("Cached answers and judgments are kept; run the command again.")
@@ -16,7 +17,7 @@ _logging = setup_cli_logging
 
 
 def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}"
+    return pct(x, 1, unit="")
 
 
 def _need_eval_extra(command: str, modules: dict[str, str]) -> None:

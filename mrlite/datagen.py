@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mrlite.backends.base import GenRequest, Generator, Sampling
+from mrlite.backends.base import GenRequest, Generator, Sampling, fits
 from mrlite.dedup import NearDuplicateIndex
 from mrlite.oasst import RankedPrompt, order_agrees
 from mrlite.parsing import parse_score
@@ -73,13 +73,6 @@ def open_generator(model: str, *, backend: str | None = None, recipe: Recipe | N
     path = resolve_model(model, revision=r.model.revision)
     ident = f"{model}@{fingerprint(Path(path))[:16]}" if Path(path).is_dir() else f"{model}@{r.model.revision or ''}"
     return load_generator(r, path), ident
-
-
-def fits(generator: Generator, requests: list[GenRequest], max_model_len: int, room: int = 16) -> list[bool]:
-    """Which requests leave at least ``room`` tokens for the answer."""
-    if not requests:
-        return []
-    return [n <= max_model_len - room for n in generator.prompt_lengths(requests)]
 
 
 # --------------------------------------------------------------------------------------------------------------

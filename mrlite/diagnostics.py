@@ -1,13 +1,13 @@
 """Per-iteration diagnostics: the numbers the Meta-Rewarding paper reports, from plain lists.
 
-Parse rates; mean judge score and its histogram (the paper's Figure 5: mean ≈ 4.1 → > 4.7 after judge
+Mean judge score and its histogram (the paper's Figure 5: mean ≈ 4.1 → > 4.7 after judge
 training); the meta-judge's positional bias (slot-A share among equally scored battles) and score bias (Table 5:
 score bias 63 % in iteration 1 → 97.7 % in iteration 2); pair counts and chosen/rejected lengths; the length–score correlation that length control
 (ρ) is meant to keep in check (arXiv 2407.19594 §2.1, §3).
 
 Every function returns ``None`` — never NaN — when its number is undefined (no data, nothing decided), so the
-result serialises to JSON ``null``. Exercised by ``mrlite run`` (each iteration's ``summary.json``) and
-``mrlite status``.
+result serialises to JSON ``null``. Exercised by ``mrlite run`` (the stages' marker summaries), ``mrlite status``
+and ``mrlite report``.
 """
 
 from __future__ import annotations
@@ -23,14 +23,11 @@ __all__ = [
     "length_score_correlation",
     "mean_score",
     "meta_judge_bias",
-    "pair_length_stats",
-    "parse_rate",
     "positional_bias",
     "positional_bias_by_gap",
     "score_bias",
     "score_histogram",
     "slot_a_share",
-    "summarize_iteration",
 ]
 
 #: Integer buckets of the 5-point additive rubric (0 is possible when no criterion is met).
@@ -45,20 +42,6 @@ def _is_missing(v: object) -> bool:
 
 def _valid(values: Sequence[float | None]) -> list[float]:
     return [float(v) for v in values if not _is_missing(v)]
-
-
-def parse_rate(values: Sequence[object]) -> float | None:
-    """Share of outputs that parsed.
-
-    Args:
-        values: Parsed values, ``None`` (or NaN) where parsing failed — e.g. ``parse_score`` results.
-
-    Returns:
-        The share in [0, 1], or ``None`` for an empty input.
-    """
-    if not values:
-        return None
-    return sum(not _is_missing(v) for v in values) / len(values)
 
 
 def decision_rate(winners: Sequence[int]) -> float | None:
@@ -266,81 +249,3 @@ def length_score_correlation(lengths: Sequence[float], scores: Sequence[float | 
     if denom == 0.0:
         return None
     return max(-1.0, min(1.0, float((dx * dy).sum()) / denom))
-
-
-def pair_length_stats(
-    chosen_lengths: Sequence[int], rejected_lengths: Sequence[int]
-) -> dict[str, float | None]:
-    """Count and mean lengths of the selected pairs.
-
-    Args:
-        chosen_lengths: Length of each pair's chosen text.
-        rejected_lengths: Length of each pair's rejected text.
-
-    Returns:
-        ``{"count", "mean_chosen_len", "mean_rejected_len"}``; the means are ``None`` when there is no pair.
-
-    Raises:
-        ValueError: If the two lists differ in length.
-    """
-    if len(chosen_lengths) != len(rejected_lengths):
-        raise ValueError("chosen_lengths and rejected_lengths differ in length")
-    n = len(chosen_lengths)
-    return {
-        "count": n,
-        "mean_chosen_len": math.fsum(chosen_lengths) / n if n else None,
-        "mean_rejected_len": math.fsum(rejected_lengths) / n if n else None,
-    }
-
-
-def summarize_iteration(
-    *,
-    judge_scores: Sequence[float | None] = (),
-    response_scores: Sequence[float | None] = (),
-    response_lengths: Sequence[float] = (),
-    meta_battles: Sequence[tuple[float | None, float | None, int]] = (),
-    actor_pairs: tuple[Sequence[int], Sequence[int]] | None = None,
-    judge_pairs: tuple[Sequence[int], Sequence[int]] | None = None,
-) -> dict[str, object]:
-    """Collect one iteration's diagnostics in a JSON-ready dict.
-
-    Args:
-        judge_scores: ``parse_score`` of every judgment (``None`` = unparseable).
-        response_scores: Each response's score (mean of its valid judge scores), aligned with
-            ``response_lengths``.
-        response_lengths: Each response's length.
-        meta_battles: ``(score_a, score_b, winner)`` of every meta-judgment.
-        actor_pairs: ``(chosen_lengths, rejected_lengths)`` of the actor pairs, if built.
-        judge_pairs: ``(chosen_lengths, rejected_lengths)`` of the judge pairs, if built.
-
-    Returns:
-        A dict with keys ``judge`` (parse rate, mean, histogram), ``responses`` (count, mean score,
-        length-score correlation), ``meta_judge`` (count, decision rate and ``meta_judge_bias``) and, when
-        given, ``actor_pairs`` / ``judge_pairs`` (``pair_length_stats``). Undefined numbers are ``None``.
-    """
-    winners = [w for _, _, w in meta_battles]
-    out: dict[str, object] = {
-        "judge": {
-            "count": len(judge_scores),
-            "parse_rate": parse_rate(judge_scores),
-            "mean_score": mean_score(judge_scores),
-            "histogram": score_histogram(judge_scores),
-        },
-        "responses": {
-            "count": len(response_scores),
-            "mean_score": mean_score(response_scores),
-            "length_score_correlation": (
-                length_score_correlation(response_lengths, response_scores) if response_lengths else None
-            ),
-        },
-        "meta_judge": {
-            "count": len(winners),
-            "decision_rate": decision_rate(winners),
-            **meta_judge_bias(meta_battles),
-        },
-    }
-    if actor_pairs is not None:
-        out["actor_pairs"] = pair_length_stats(*actor_pairs)
-    if judge_pairs is not None:
-        out["judge_pairs"] = pair_length_stats(*judge_pairs)
-    return out

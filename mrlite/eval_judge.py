@@ -9,14 +9,12 @@ the next eval asks again. Exercised by: ``mrlite eval runs/smoke``.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.resources
 from pathlib import Path
 from string import Template
 
-from mrlite.backends.base import GenRequest, Sampling
-from mrlite.datagen import fits
-from mrlite.rundir import atomic_write_jsonl, derive_seed, read_jsonl
+from mrlite.backends.base import GenRequest, Sampling, fits
+from mrlite.rundir import atomic_write_jsonl, derive_seed, hash_parts, read_jsonl
 from mrlite.parsing import parse_pairwise
 from mrlite.winrate import PromptResult
 
@@ -42,7 +40,7 @@ def render_pairwise(prompt: str, answer_a: str, answer_b: str) -> str:
 
 def key_of(*parts: object) -> str:
     """A content key (32 hex digits) of the parts, in order."""
-    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:32]
+    return hash_parts(*parts).hex()[:32]
 
 
 class JsonlCache:

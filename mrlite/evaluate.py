@@ -18,13 +18,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mrlite.backends.base import GenRequest, Sampling
-from mrlite.datagen import fits, judge_scores, open_generator
+from mrlite.backends.base import GenRequest, Sampling, fits
+from mrlite.datagen import judge_scores, open_generator
+from mrlite.diagnostics import mean_score
 from mrlite.errors import MrliteError
+from mrlite.fmt import pct
 from mrlite.oasst import human_agreement, load_ranked
 from mrlite.recipe import Recipe, load_recipe
 from mrlite.rundir import (
-    RunDir, RunDirError, atomic_write_json, atomic_write_jsonl, atomic_write_text, derive_seed, fingerprint, read_jsonl,
+    RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_text, derive_seed, model_identity, read_jsonl,
 )
 from mrlite.runstats import meta_judge_biases, run_iterations
 from mrlite.sources import PromptPool, load_prompt_pool, normalize_prompt
@@ -99,7 +101,7 @@ def find_models(rd: RunDir, recipe: Recipe, iters: Sequence[int] | None) -> list
         d = rd.path(0, "model")
         if not d.is_dir():
             raise EvalError(f"{rd.root}: EFT is enabled but iter_00/model is missing; run the eft stage first")
-        out.append(EvalModel(0, str(d), _model_identity(d), f"{recipe.name}-M0"))
+        out.append(EvalModel(0, str(d), model_identity(d), f"{recipe.name}-M0"))
     else:
         from mrlite.stages import resolve_base
 
@@ -107,16 +109,11 @@ def find_models(rd: RunDir, recipe: Recipe, iters: Sequence[int] | None) -> list
         out.append(EvalModel(0, base, f"{recipe.model.base}@{recipe.model.revision or ''}", f"{recipe.name}-M0"))
     for t in wanted:
         d = rd.path(t, "model")
-        out.append(EvalModel(t, str(d), _model_identity(d), f"{recipe.name}-M{t}"))
+        out.append(EvalModel(t, str(d), model_identity(d), f"{recipe.name}-M{t}"))
     return out
 
 
-def _model_identity(d: Path) -> str:
-    """A merged model folder's identity: its lineage (adapter hashes) when present, else its content."""
-    return fingerprint(d / "lineage.json") if (d / "lineage.json").is_file() else fingerprint(d)
-
-
-def select_prompts(rd: RunDir, recipe: Recipe, spec: str, column: str, split: str, limit: int) -> list[dict]:
+def heldout_prompts(rd: RunDir, recipe: Recipe, spec: str, column: str, split: str, limit: int) -> list[dict]:
     """The eval prompts, ``{"prompt_id", "prompt"}``.
 
     Args:
@@ -292,35 +289,26 @@ def run_eval(run_dir: str | Path, *, iters: Sequence[int] | None = None, judge: 
     Raises:
         EvalError, RunDirError, SourceError, EndpointError: one-line problems a user can fix.
     """
-    rd = RunDir(Path(run_dir))
-    if not (rd.root / "recipe.yaml").is_file():
-        raise RunDirError(f"{run_dir}: not a run directory (no recipe.yaml); pass the --out of a run, e.g. runs/smoke")
-    recipe = load_recipe(rd.root / "recipe.yaml")
+    rd = RunDir.existing(run_dir)
+    recipe = load_recipe(rd.recipe_path)
     ev = rd.root / EVAL_DIR
     models = find_models(rd, recipe, iters)
     judge_obj = None
     if judge.startswith("openai:"):  # fail on a bad spec or missing key before generating anything
         judge_obj = open_judge(judge, rd, recipe, models, api_key_env=api_key_env, max_tokens=judge_max_tokens,
                                concurrency=concurrency, retries=retries)
-    plist = select_prompts(rd, recipe, prompts, column, split, limit)
+    plist = heldout_prompts(rd, recipe, prompts, column, split, limit)
     atomic_write_jsonl(ev / "prompts.jsonl", plist)
     if human is None:
         human = default_human(rd)
     ranked = load_ranked(human, split=human_split, lang=lang, limit=human_limit)[0] if human else None
-    a = recipe.actor
-    sampling = Sampling(a.temperature if temperature is None else temperature, a.top_p,
-                        max_new_tokens or a.max_new_tokens)
+    sampling = _answer_sampling(recipe, temperature, max_new_tokens)
     dataset = "mrlite-heldout" if prompts == "heldout" else Path(prompts).stem
     answers, counts, quality, hrows = _answer_all(recipe, ev, models, plist, sampling, seed, dataset, ranked, human_n)
     judge_obj = judge_obj or open_judge(judge, rd, recipe, models, api_key_env=api_key_env,
                                         max_tokens=judge_max_tokens, concurrency=concurrency, retries=retries)
     ts = targets(rd, iters)
-    try:
-        comps, all_rows, jcounts, results = _judge_all(judge_obj, ev, ts, answers, n_boot, seed)
-    finally:
-        judge_obj.close()
-    counts |= jcounts
-    atomic_write_jsonl(ev / "judgments.jsonl", all_rows)
+    comps, results = _judge_and_write(judge_obj, ev, ts, answers, n_boot, seed, counts)
     agree = None
     if agreement and judge.startswith("openai:") and comps:
         agree = _self_agreement(rd, recipe, models, ev, ts, answers, results, judge_obj.identity, judge_max_tokens,
@@ -332,9 +320,7 @@ def run_eval(run_dir: str | Path, *, iters: Sequence[int] | None = None, judge: 
         "prompts": {"source": prompts, "count": len(plist), "dataset": dataset},
         "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p,
                      "max_new_tokens": sampling.max_new_tokens, "seed": seed},
-        "models": [{"t": m.t, "name": m.name, "answers": sum(x["output"] is not None for x in answers[m.t]),
-                    "mean_chars": _mean([x["chars"] for x in answers[m.t]])} for m in models],
-        "lc_definition": LC_DEFINITION, "comparisons": comps, **counts,
+        "models": _model_rows(models, answers), "lc_definition": LC_DEFINITION, "comparisons": comps, **counts,
         "human": None if not ranked else {"source": human, "split": human_split, "prompts": len(ranked),
                                           "n": human_n, "models": quality},
         "meta_judge": [{"t": t, **b} for t in run_iterations(rd) if (b := meta_judge_biases(rd, t))],
@@ -342,6 +328,31 @@ def run_eval(run_dir: str | Path, *, iters: Sequence[int] | None = None, judge: 
     }
     atomic_write_json(ev / "summary.json", summary)
     return summary
+
+
+def _answer_sampling(recipe: Recipe, temperature: float | None, max_new_tokens: int | None) -> Sampling:
+    """How eval answers are sampled: the recipe's actor settings unless the command overrides them."""
+    a = recipe.actor
+    return Sampling(a.temperature if temperature is None else temperature, a.top_p, max_new_tokens or a.max_new_tokens)
+
+
+def _judge_and_write(judge, ev: Path, ts: list[int], answers: dict, n_boot: int, seed: int,
+                     counts: dict) -> tuple[list[dict], dict]:
+    """Judge every comparison (closing the judge afterwards), add its call counts to ``counts``, write
+    ``eval/judgments.jsonl``; returns the comparison summaries and the per-prompt results by label."""
+    try:
+        comps, all_rows, jcounts, results = _judge_all(judge, ev, ts, answers, n_boot, seed)
+    finally:
+        judge.close()
+    counts |= jcounts
+    atomic_write_jsonl(ev / "judgments.jsonl", all_rows)
+    return comps, results
+
+
+def _model_rows(models: list[EvalModel], answers: dict) -> list[dict]:
+    """The summary's per-model rows: how many prompts each answered and the mean answer length."""
+    return [{"t": m.t, "name": m.name, "answers": sum(x["output"] is not None for x in answers[m.t]),
+             "mean_chars": mean_score([x["chars"] for x in answers[m.t]])} for m in models]
 
 
 def default_human(rd: RunDir) -> str | None:
@@ -390,8 +401,8 @@ def _judge_all(judge, ev: Path, ts: list[int], answers: dict, n_boot: int, seed:
             counts[k] += st[k]
         comps.append({"label": label, "t": t, "base": b, "kind": kind, **summarize(results, n_boot=n_boot, seed=seed)})
         write_annotations(ev, label, answers[t], answers[b], results, judge.identity)
-        log.info("eval: %s win rate %s (LC %s), %d judged, %d cached", label, _pct(comps[-1]["win_rate"]),
-                 _pct(comps[-1]["lc_win_rate"]), st["judge_calls"], st["judge_cached"])
+        log.info("eval: %s win rate %s (LC %s), %d judged, %d cached", label, pct(comps[-1]["win_rate"], 1),
+                 pct(comps[-1]["lc_win_rate"], 1), st["judge_calls"], st["judge_cached"])
         for w in comps[-1]["lc_warnings"]:
             log.warning("eval: %s LC %s", label, w)
     return comps, all_rows, counts, by_label
@@ -454,7 +465,7 @@ def _self_agreement(rd: RunDir, recipe: Recipe, models: list[EvalModel], ev: Pat
     atomic_write_jsonl(ev / "self_judgments.jsonl", rows_all)
     a = out["all"]
     log.info("eval: self-judge agrees with %s on %s of %d ordered pairs (%s without ties)", ext_identity,
-             _pct(a["agreement"]), a["pairs"], _pct(a["agreement_no_ties"]))
+             pct(a["agreement"], 1), a["pairs"], pct(a["agreement_no_ties"], 1))
     return out
 
 
@@ -483,12 +494,3 @@ def _human_quality(recipe: Recipe, gen, m: EvalModel, ranked, n: int, seed: int,
                          "human_rank": r["rank"], "score": scores[-1], "judgments": [t for t, _ in js]})
         per.append((scores, [r["rank"] for r in p.responses]))
     return {"t": m.t, "name": m.name, **human_agreement(per)}, rows
-
-
-def _mean(xs) -> float | None:
-    v = [x for x in xs if x is not None]
-    return sum(v) / len(v) if v else None
-
-
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"

@@ -7,8 +7,6 @@ field here, with the paper's value in its description. Exercised by: ``mrlite va
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -493,11 +491,6 @@ class Recipe(_Section):
         if (self.model.base == "fake") != (self.backends.generator == "fake"):
             raise ValueError("model.base: fake goes with backends.generator: fake (and only with it)")
         return self
-
-    def section_hash(self, *sections: str) -> str:
-        """Stable hash of some sections (a stage's marker records it to detect stale outputs)."""
-        data = {s: self.model_dump(mode="json").get(s) for s in sections}
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json", context={"runtime_fields": True})

@@ -14,9 +14,11 @@ import json
 import logging
 from pathlib import Path
 
+from mrlite.diagnostics import mean_score
 from mrlite.errors import MrliteError
+from mrlite.fmt import pct
 from mrlite.recipe import Recipe, load_recipe
-from mrlite.rundir import RunDir, RunDirError, atomic_write_text, iter_jsonl
+from mrlite.rundir import RunDir, atomic_write_text, iter_jsonl
 from mrlite.runstats import iteration_stats, run_iterations
 from mrlite.winrate import LC_NAME
 
@@ -32,10 +34,8 @@ class ReportError(MrliteError, ValueError):
 
 def collect(run_dir: str | Path) -> tuple[Recipe, list[dict], dict | None]:
     """The saved recipe, per-iteration stats and ``eval/summary.json`` (None when eval has not run)."""
-    rd = RunDir(Path(run_dir))
-    if not (rd.root / "recipe.yaml").is_file():
-        raise RunDirError(f"{run_dir}: not a run directory (no recipe.yaml); pass the --out of a run, e.g. runs/smoke")
-    recipe = load_recipe(rd.root / "recipe.yaml")
+    rd = RunDir.existing(run_dir)
+    recipe = load_recipe(rd.recipe_path)
     its = [iteration_stats(rd, t) for t in run_iterations(rd)]
     ev_path = rd.root / "eval" / "summary.json"
     ev = json.loads(ev_path.read_text(encoding="utf-8")) if ev_path.is_file() else None
@@ -91,16 +91,11 @@ def write_report(run_dir: str | Path, *, log_to: str | None = None, project: str
 
 
 def _p(x, digits: int = 0) -> str:
-    return "–" if x is None else f"{100 * x:.{digits}f}%"
+    return pct(x, digits, none="–")
 
 
 def _f(x, digits: int = 2) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
-
-
-def _mean(xs) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return sum(xs) / len(xs) if xs else None
 
 
 def _img(figs: dict[str, str], name: str, alt: str) -> list[str]:
@@ -117,9 +112,9 @@ def _iteration_table(its: list[dict]) -> list[str]:
             else "–"
         loss = f"{_f(tr[0].get('loss'), 3)} → {_f(tr[-1].get('loss'), 3)}" if tr else "–"
         out.append(
-            f"| {s['t']} | {s['prompts']} | {len(s['response_chars'])} | {_f(_mean(s['response_chars']), 0)} | {parsed} | "
+            f"| {s['t']} | {s['prompts']} | {len(s['response_chars'])} | {_f(mean_score(s['response_chars']), 0)} | {parsed} | "
             f"{_f(s['mean_score'])} | {_f(s['length_score_corr'])} | {_p(m and m['decision_rate'])} | "
-            f"{pr['actor']} / {pr['judge']} | {_f(_mean(pr['actor_chosen']), 0)} / {_f(_mean(pr['actor_rejected']), 0)} | "
+            f"{pr['actor']} / {pr['judge']} | {_f(mean_score(pr['actor_chosen']), 0)} / {_f(mean_score(pr['actor_rejected']), 0)} | "
             f"{loss} | {_f(tr[-1].get('rewards/margins'), 3) if tr else '–'} |")
     return [*out, ""]
 
@@ -266,7 +261,7 @@ def scalars(its: list[dict], ev: dict | None) -> dict[int, dict[str, float]]:
     out: dict[int, dict] = {}
     for s in its:
         jp, m, tr = s["judge_parse"], s["meta"] or {}, s["train"]
-        row = {"judge/mean_score": s["mean_score"], "actor/mean_chars": _mean(s["response_chars"]),
+        row = {"judge/mean_score": s["mean_score"], "actor/mean_chars": mean_score(s["response_chars"]),
                "judge/parse_rate": (jp["total"] - jp["null"]) / jp["total"] if jp["total"] else None,
                "meta/positional_bias": m.get("positional_bias"), "meta/score_bias": m.get("score_bias"),
                "pairs/actor": s["pairs"]["actor"], "pairs/judge": s["pairs"]["judge"],

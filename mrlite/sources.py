@@ -7,7 +7,6 @@ unreadable file) raise SourceError with one line. Exercised by: ``mrlite run rec
 from __future__ import annotations
 
 import csv
-import hashlib
 import importlib.resources
 import json
 import os
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mrlite.errors import MrliteError
-from mrlite.rundir import RunDirError, read_jsonl
+from mrlite.rundir import RunDirError, read_jsonl, sha256_file
 
 
 class SourceError(MrliteError, ValueError):
@@ -48,7 +47,7 @@ def _read_rows(spec: str, split: str, revision: str | None = None) -> tuple[list
     """Rows of a source and an identity string (content hash for files; id, split and revision for the Hub)."""
     p = Path(spec)
     if p.is_file():
-        ident = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+        ident = sha256_file(p)[:16]
         suffix = p.suffix.lower()
         try:
             if suffix == ".json" and _starts_with_bracket(p):  # a JSON array, e.g. AlpacaEval's eval set
@@ -224,37 +223,12 @@ def load_prompt_pool(spec: str, column: str = "prompt", split: str = "train",
     return PromptPool(ids, prompts, ident, stats)
 
 
-def drop_long_prompts(pool: PromptPool, token_counts: list[int], max_tokens: int) -> PromptPool:
-    """Drop prompts longer than ``max_tokens`` tokens (counted in ``stats["too_long_tokens"]``).
-
-    Args:
-        pool: A validated pool (``load_prompt_pool``).
-        token_counts: Tokens of each prompt, aligned with ``pool.prompts`` (e.g. ``Generator.count_tokens``).
-        max_tokens: Largest prompt kept.
-
-    Returns:
-        A new PromptPool without the long prompts.
-
-    Raises:
-        SourceError: if no prompt is left.
-    """
-    if len(token_counts) != len(pool.prompts):
-        raise ValueError("token_counts must align with pool.prompts")
-    keep = [i for i, n in enumerate(token_counts) if n <= max_tokens]
-    stats = dict(pool.stats, too_long_tokens=len(pool.prompts) - len(keep))
-    if not keep:
-        raise SourceError(f"every prompt is longer than {max_tokens} tokens; raise the token limit")
-    return PromptPool([pool.ids[i] for i in keep], [pool.prompts[i] for i in keep], pool.identity, stats)
-
-
 def validation_table(pool: PromptPool) -> list[tuple[str, int]]:
     """``(check, count)`` rows for a pool: rows read, each kind of drop, prompts kept (``mrlite data check``)."""
     s = pool.stats
     rows = [("rows read", s.get("rows", 0)), ("empty prompts (dropped)", s.get("empty", 0)),
             ("duplicates after normalising case/space (dropped)", s.get("duplicates", 0)),
             ("over the character limit (dropped)", s.get("too_long", 0))]
-    if "too_long_tokens" in s:
-        rows.append(("over the token limit (dropped)", s["too_long_tokens"]))
     return [*rows, ("prompts kept", len(pool.prompts))]
 
 

@@ -14,32 +14,15 @@ from mrlite.diagnostics import (
     decision_rate,
     length_score_correlation,
     mean_score,
-    pair_length_stats,
-    parse_rate,
     meta_judge_bias,
     positional_bias,
     positional_bias_by_gap,
     score_bias,
     slot_a_share,
     score_histogram,
-    summarize_iteration,
 )
 
 NAN = float("nan")
-
-
-@pytest.mark.parametrize(
-    ("values", "expected"),
-    [
-        ([4.0, None, 5.0, None], 0.5),
-        ([1.0, 2.0, 3.0], 1.0),
-        ([None, None], 0.0),
-        ([NAN, 3.0, 0.0], 2 / 3),
-        ([], None),
-    ],
-)
-def test_parse_rate(values: list[float | None], expected: float | None) -> None:
-    assert parse_rate(values) == expected
 
 
 @pytest.mark.parametrize(
@@ -163,51 +146,3 @@ def test_length_score_correlation(
 def test_length_score_correlation_mismatch() -> None:
     with pytest.raises(ValueError):
         length_score_correlation([1, 2], [1])
-
-
-def test_pair_length_stats() -> None:
-    assert pair_length_stats([100, 200], [300, 500]) == {
-        "count": 2,
-        "mean_chosen_len": 150.0,
-        "mean_rejected_len": 400.0,
-    }
-    assert pair_length_stats([], []) == {"count": 0, "mean_chosen_len": None, "mean_rejected_len": None}
-    with pytest.raises(ValueError):
-        pair_length_stats([1], [])
-
-
-def test_summarize_iteration() -> None:
-    out = summarize_iteration(
-        judge_scores=[4.0, 5.0, None, 3.0],
-        response_scores=[4.5, 3.0, None],
-        response_lengths=[200, 100, 50],
-        meta_battles=[(5.0, 3.0, 1), (3.0, 5.0, 1), (4.0, 4.0, -1), (4.0, 3.0, 0)],
-        actor_pairs=([100], [200]),
-    )
-    assert out["judge"] == {
-        "count": 4,
-        "parse_rate": 0.75,
-        "mean_score": 4.0,
-        "histogram": _hist({"3": 1, "4": 1, "5": 1}, missing=1),
-    }
-    assert out["responses"] == {"count": 3, "mean_score": 3.75, "length_score_correlation": 1.0}
-    assert out["meta_judge"] == {
-        "count": 4,
-        "decision_rate": 0.75,
-        "positional_bias": 0.0,  # the one equally scored battle went to B
-        "slot_a_share": 2 / 3,
-        "score_bias": 0.5,
-        "positional_by_gap": {"0": {"battles": 1, "slot_a": 0.0}, "(0,1]": {"battles": 0, "slot_a": None},
-                              "(1,2]": {"battles": 2, "slot_a": 1.0}, ">2": {"battles": 0, "slot_a": None}},
-    }
-    assert out["actor_pairs"] == {"count": 1, "mean_chosen_len": 100.0, "mean_rejected_len": 200.0}
-    assert "judge_pairs" not in out
-    json.dumps(out)
-
-
-def test_summarize_iteration_empty_is_all_none() -> None:
-    out = summarize_iteration()
-    assert out["judge"]["parse_rate"] is None  # type: ignore[index]
-    assert out["responses"]["length_score_correlation"] is None  # type: ignore[index]
-    assert out["meta_judge"]["positional_bias"] is None  # type: ignore[index]
-    assert "nan" not in json.dumps(out).lower()

@@ -211,12 +211,6 @@ def test_directory_is_not_a_recipe(tmp_path: Path) -> None:
         load_recipe(tmp_path)
 
 
-def test_section_hash_tracks_only_its_sections() -> None:
-    a, b = load_recipe(SMOKE), load_recipe(SMOKE, ["actor.n=2"])
-    assert a.section_hash("judge") == b.section_hash("judge")
-    assert a.section_hash("actor") != b.section_hash("actor")
-
-
 def test_short_loop_ignores_later_judge_iterations() -> None:
     r = load_recipe(REPO / "recipes" / "tiny.yaml", ["loop.iterations=1"])
     assert r.loop.iterations == 1 and r.meta_judge.iterations == [1, 2]

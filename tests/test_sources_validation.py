@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mrlite.sources import SourceError, drop_long_prompts, load_prompt_pool, validation_table
+from mrlite.sources import SourceError, load_prompt_pool, validation_table
 
 
 def _jsonl(path: Path, rows: list[dict]) -> str:
@@ -74,17 +74,6 @@ def test_csv_and_json_array(tmp_path):
     assert pool.prompts == ["Why?", "How?"] and pool.stats["duplicates"] == 1
     (tmp_path / "alpaca.json").write_text(json.dumps([{"instruction": "Name a colour.", "dataset": "x"}]))
     assert load_prompt_pool(str(tmp_path / "alpaca.json"), column="instruction").prompts == ["Name a colour."]
-
-
-def test_drop_long_prompts_counts():
-    pool = load_prompt_pool("builtin")
-    counts = [len(p.split()) for p in pool.prompts]
-    short = drop_long_prompts(pool, counts, 10)
-    assert all(n <= 10 for n in (len(p.split()) for p in short.prompts))
-    assert short.stats["too_long_tokens"] == sum(n > 10 for n in counts) > 0
-    assert ("over the token limit (dropped)", short.stats["too_long_tokens"]) in validation_table(short)
-    with pytest.raises(SourceError, match="longer than 0 tokens"):
-        drop_long_prompts(pool, counts, 0)
 
 
 def test_parquet_file_and_hub_style_folder(tmp_path):

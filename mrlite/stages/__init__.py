@@ -1,7 +1,7 @@
 """Stage registry, the shared stage context, and the runner that skips, checks and marks stages.
 
-A stage module exposes ``applies(ctx)``, ``inputs(ctx)``, ``outputs(ctx)``, ``config(ctx)``, ``run(ctx)`` and
-``summary_line(t, summary)``. The runner decides cached / stale / missing from the marker, runs the stage,
+A stage is a module of this package that provides the ``Stage`` interface: ``applies(ctx)``, ``inputs(ctx)``,
+``outputs(ctx)``, ``config(ctx)``, ``run(ctx)`` and ``summary_line(t, summary)``. The runner decides cached / stale / missing from the marker, runs the stage,
 then writes the marker LAST (conventions.md §4.6). Exercised by: ``mrlite run recipes/smoke.yaml``.
 """
 
@@ -13,12 +13,12 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
+from typing import Protocol, cast
 
 from mrlite import __version__
 from mrlite.errors import MrliteError
 from mrlite.recipe import Recipe
-from mrlite.rundir import RunDir, RunDirError, config_hash, fault_point, fingerprint
+from mrlite.rundir import RunDir, RunDirError, config_hash, fault_point, fingerprint, model_identity
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,6 @@ STAGES = ("prompts", "eft_data", "eft", "sample", "judge", "meta_judge", "pairs"
 others run in every iteration."""
 SETUP_STAGES = ("prompts", "eft_data", "eft")
 """The iteration-0 stages."""
-ITER_STAGES = tuple(s for s in STAGES if s not in SETUP_STAGES)
 GENERATION_STAGES = ("sample", "judge", "meta_judge")
 HEAVY_STAGES = ("prompts", "eft_data", "eft", "sample", "judge", "meta_judge", "train")
 
@@ -63,7 +62,7 @@ class StageContext:
         if d is None:
             m = self.recipe.model
             return f"{m.base}@{m.revision or ''}"
-        return fingerprint(d / "lineage.json") if (d / "lineage.json").exists() else fingerprint(d)
+        return model_identity(d)
 
     def policy_model(self) -> str:
         """A loadable model for M_{t-1} (resolves aliases such as smollm2-135m; may convert once)."""
@@ -106,8 +105,53 @@ def untimed(d: dict) -> dict:
     return {k: v for k, v in d.items() if not any(w in k for w in ("second", "runtime", "time", "seconds"))}
 
 
-def module(stage: str) -> ModuleType:
-    return importlib.import_module(f"mrlite.stages.{stage}")
+class Stage(Protocol):
+    """What every stage module provides; the runner and ``mrlite status`` use nothing else."""
+
+    def applies(self, ctx: StageContext) -> bool:
+        """Whether the stage runs in iteration ``ctx.t`` under this recipe."""
+        ...
+
+    def inputs(self, ctx: StageContext) -> list[Path]:
+        """Files it reads (fingerprinted into its marker: a change makes it stale)."""
+        ...
+
+    def outputs(self, ctx: StageContext) -> list[Path]:
+        """Files it writes (all present, or the stage is stale)."""
+        ...
+
+    def config(self, ctx: StageContext) -> dict:
+        """The recipe values its outputs depend on (hashed into its marker)."""
+        ...
+
+    def run(self, ctx: StageContext) -> dict:
+        """Compute and write the outputs; returns the marker's summary (``n_in``, ``n_out``, ...)."""
+        ...
+
+    def summary_line(self, t: int, summary: dict) -> str:
+        """The one log line of a finished stage."""
+        ...
+
+
+STAGE_MEMBERS = ("applies", "inputs", "outputs", "config", "run", "summary_line")
+"""The members of ``Stage``, checked once per stage module at first use."""
+_checked: set[str] = set()
+
+
+def module(stage: str) -> Stage:
+    """The module of stage ``stage``, checked to provide every member of ``Stage``.
+
+    Raises:
+        TypeError: the module lacks a member (a programming error, named with what is missing).
+    """
+    mod = importlib.import_module(f"mrlite.stages.{stage}")
+    if stage not in _checked:
+        missing = [m for m in STAGE_MEMBERS if not callable(getattr(mod, m, None))]
+        if missing:
+            raise TypeError(f"stage module {mod.__name__} does not provide {', '.join(missing)} "
+                            f"(every stage defines {', '.join(STAGE_MEMBERS)})")
+        _checked.add(stage)
+    return cast(Stage, mod)
 
 
 def stage_iterations(recipe: Recipe, stage: str) -> list[int]:
@@ -124,7 +168,7 @@ def stage_iterations(recipe: Recipe, stage: str) -> list[int]:
 # state of one stage
 
 
-def _input_fingerprints(ctx: StageContext, mod: ModuleType) -> dict[str, str]:
+def _input_fingerprints(ctx: StageContext, mod: Stage) -> dict[str, str]:
     out = {}
     for p in mod.inputs(ctx):
         key = p.relative_to(ctx.run.root).as_posix() if p.is_relative_to(ctx.run.root) else str(p)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mrlite import diagnostics
-from mrlite.pairs import position_weights_from_counts, select_actor_pair, select_judge_pair, winner_matrix
+from mrlite.pairs import position_weights_from_counts, select_actor_pair, select_judge_pairs, winner_matrix
 from mrlite.prompts import render_judge
 from mrlite.recipe import per_iter
 from mrlite.rundir import atomic_write_jsonl, derive_seed, read_jsonl
@@ -51,11 +51,6 @@ def config(ctx: StageContext) -> dict:
             "seed": ctx.recipe.loop.seed}
 
 
-def _mean(xs: list) -> float | None:
-    v = [x for x in xs if x is not None]
-    return sum(v) / len(v) if v else None
-
-
 def actor_pairs(ctx: StageContext, prompts, responses, judgments) -> tuple[list[dict], dict]:
     cfg = config(ctx)
     scores: dict[str, list] = {}
@@ -67,7 +62,7 @@ def actor_pairs(ctx: StageContext, prompts, responses, judgments) -> tuple[list[
     rows, st = [], {"no_pair": 0, "too_long": 0, "unscored_responses": 0}
     for p in prompts:
         resps = by_prompt.get(p["prompt_id"], [])
-        s = [_mean(scores.get(x["response_id"], [])) for x in resps]
+        s = [diagnostics.mean_score(scores.get(x["response_id"], [])) for x in resps]
         st["unscored_responses"] += sum(1 for v in s if v is None)
         unit = "tokens" if cfg["length_unit"] == "tokens" else "chars"
         lengths = [x[unit] if x.get(unit) is not None else x["chars"] for x in resps]
@@ -105,16 +100,19 @@ def judge_pairs(ctx: StageContext, prompts, responses, judgments, metas, n_actor
         w = [m["winner"] for m in metas]
         pooled = position_weights_from_counts(w.count(1), w.count(-1))
     rows, st = [], {"no_pair": 0, "too_long": 0}
+    fields: list[tuple[str, list[str], list[int]]] = []
+    rs = []
     for rid, ms in battles.items():
         ids = sorted({(m["a_idx"], m["a"]) for m in ms} | {(m["b_idx"], m["b"]) for m in ms})
         players = [jid for _, jid in ids]
         idx = {jid: i for i, jid in enumerate(players)}
-        r = winner_matrix(len(players), [(idx[m["a"]], idx[m["b"]], m["winner"]) for m in ms])
-        lengths = [jrow[j]["chars"] for j in players]
-        if pooled is None and cfg["position_weights"] == "pooled":
-            st["no_pair"] += 1
-            continue
-        pick = select_judge_pair(r, weights=pooled)
+        rs.append(winner_matrix(len(players), [(idx[m["a"]], idx[m["b"]], m["winner"]) for m in ms]))
+        fields.append((rid, players, [jrow[j]["chars"] for j in players]))
+    if pooled is None and cfg["position_weights"] == "pooled":
+        picks: list = [None] * len(rs)  # no decided battle in the whole iteration: no pooled weights, no pairs
+    else:
+        picks = select_judge_pairs(rs, weights=pooled)
+    for (rid, players, lengths), pick in zip(fields, picks, strict=True):
         if pick is None:
             st["no_pair"] += 1
             continue
@@ -197,7 +195,7 @@ def run(ctx: StageContext) -> dict:
     per_resp: dict[str, list] = {}
     for j in judgments:
         per_resp.setdefault(j["response_id"], []).append(j["score"])
-    scored = [(x["chars"], _mean(per_resp.get(x["response_id"], []))) for x in responses]
+    scored = [(x["chars"], diagnostics.mean_score(per_resp.get(x["response_id"], []))) for x in responses]
 
     def _avg(rows, key):
         return round(sum(x[key] for x in rows) / len(rows), 1) if rows else None

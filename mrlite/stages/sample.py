@@ -101,7 +101,3 @@ def summary_line(t: int, s: dict) -> str:
     return (f"sample iter {t}: {s['prompts']} prompts → {s['responses']} responses "
             f"({s['duplicates']} duplicate, {s['empty']} empty dropped; {s['prompts_too_long']} prompts too long), "
             f"mean {s['mean_chars']:.0f} chars")
-
-
-def load(ctx: StageContext) -> tuple[list[dict], list[dict]]:
-    return read_jsonl(ctx.path("prompts.jsonl")), read_jsonl(ctx.path("responses.jsonl"))
