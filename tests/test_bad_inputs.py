@@ -241,5 +241,5 @@ def test_a_judge_that_never_agrees_stops_before_eft(tmp_path: Path) -> None:
     assert "EFT would train on nothing" in lines[0]
     it0 = out / "iter_00"
     assert not (it0 / "eft_data.jsonl").exists() and not (it0 / "model").exists() and not (it0 / ".parts").exists()
-    assert not (it0 / ".done").exists()
+    assert sorted(p.name for p in (it0 / ".done").iterdir()) == ["prompts.json"]  # the pool is done; EFT is not
     assert not any(p.name.endswith(".tmp") for p in out.rglob("*"))

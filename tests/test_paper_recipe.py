@@ -11,8 +11,10 @@ import pytest
 import mrlite
 from mrlite.rundir import read_jsonl
 
+OASST = Path(__file__).parent / "assets" / "oasst_trees.jsonl"
+# The shipped recipe builds EFT from the Hub's oasst1; offline, the same build runs on the test trees.
 SIZES = ["backends.generator=fake", "backends.trainer=fake", "model.base=fake", "data.generate.n=60",
-         "data.prompts_per_iteration=12", "loop.chunk_size=16"]
+         "data.prompts_per_iteration=12", "loop.chunk_size=16", f"eft.data=oasst:{OASST}"]
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +23,7 @@ def biased(tmp_path_factory) -> Path:
     recipe = mrlite.load_recipe("paper", [*SIZES, "backends.fake.first_position_bias=0.99"])
     assert recipe.data.prompts == "generate" and recipe.guardrails.mode == "warn"
     report = mrlite.run(recipe, out=out)
-    assert [(t, s) for t, s, st in report.steps if st == "ran"][:2] == [(0, "prompts"), (0, "eft")]
+    assert [(t, s) for t, s, st in report.steps if st == "ran"][:3] == [(0, "prompts"), (0, "eft_data"), (0, "eft")]
     return out
 
 
