@@ -135,18 +135,6 @@ def gpus(use_torch: bool = True) -> list[GPUInfo]:
     return found if found or not use_torch else _from_torch()
 
 
-def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether the CPU runs bf16 matmuls natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower
-    than fp32. Reads ``/proc/cpuinfo`` (no torch)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    flags = cpuinfo.split()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Driver vs the CUDA version torch is built for
 
@@ -338,6 +326,6 @@ def check_disk(needed_gib: float, free_gib: float, where: Path | str, what: str 
         )
 
 
-__all__ = ["GPUInfo", "PreflightError", "check_disk", "cpu_has_bf16", "driver_info", "driver_mismatch",
+__all__ = ["GPUInfo", "PreflightError", "check_disk", "driver_info", "driver_mismatch",
            "free_disk_gib", "gpu_summary", "gpus", "is_gated", "parse_driver", "parse_nvidia_smi", "preflight",
            "uses_gpu"]

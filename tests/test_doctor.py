@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 import mrlite
+import mrlite.hw
 import mrlite.gpu
 from mrlite.cli import cli
 from mrlite.doctor import CPU_PINS, GPU_PINS, Facts, install_commands, report
@@ -178,10 +179,11 @@ def test_4bit_training_on_a_card_without_bf16() -> None:
     preflight(recipe("tiny", "train.load_in_4bit=true"), devices=[], env={})  # CPU QLoRA computes in fp32
 
 
-def test_cpu_has_bf16() -> None:
-    assert mrlite.gpu.cpu_has_bf16("flags : fpu sse avx2 avx512f avx512_bf16 amx_tile")
-    assert mrlite.gpu.cpu_has_bf16("flags : amx_bf16 avx2")
-    assert not mrlite.gpu.cpu_has_bf16("flags : fpu sse avx2 avx512f")
+def test_cpu_has_bf16(tmp_path) -> None:
+    for flags, native in (("fpu sse avx2 avx512f avx512_bf16 amx_tile", True), ("amx_bf16 avx2", True),
+                          ("fpu sse avx2 avx512f", False)):
+        (tmp_path / "cpuinfo").write_text(f"flags : {flags}\n")
+        assert mrlite.hw.cpu_has_bf16(tmp_path / "cpuinfo") is native
 
 
 SMI_HEADER = ("| NVIDIA-SMI 550.54.15              Driver Version: 550.54.15      CUDA Version: 12.4     |\n"

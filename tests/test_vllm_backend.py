@@ -12,6 +12,7 @@ from typing import ClassVar
 import pytest
 
 import mrlite
+import mrlite.hw
 import mrlite.gpu
 from mrlite.backends import BackendError
 from mrlite.backends.base import GenRequest, Sampling
@@ -433,7 +434,7 @@ def test_generator_sets_batch_invariant_before_the_engine(fake_vllm, monkeypatch
 
 def test_generator_without_cuda_uses_cpu_settings(fake_vllm, monkeypatch) -> None:
     monkeypatch.setattr(mrlite.gpu, "gpus", lambda use_torch=True: [])
-    monkeypatch.setattr(mrlite.gpu, "cpu_has_bf16", lambda cpuinfo=None: False)
+    monkeypatch.setattr(mrlite.hw, "cpu_has_bf16", lambda cpuinfo=None: False)
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
     gen("model.dtype=auto", "backends.vllm.quantization=null")
     (llm,) = FakeLLM.instances

@@ -271,7 +271,8 @@ class VLLMGenerator:
     """
 
     def __init__(self, recipe: Recipe, model: str):
-        from mrlite.gpu import cpu_has_bf16, gpus
+        from mrlite.gpu import gpus
+        from mrlite.hw import cpu_has_bf16
         from mrlite.models import check_chat_template
         from mrlite.shapes import weights_gib_16bit
 
