@@ -171,6 +171,7 @@ _register("mrlite.doctor", "doctor_cmd")
 _register("mrlite.cli_eval", "data_group")
 _register("mrlite.cli_eval", "eval_cmd")
 _register("mrlite.cli_eval", "report_cmd")
+_register("mrlite.bench", "bench_group")
 # (end of command registrations)
 
 

@@ -1,14 +1,23 @@
-"""Transformers generator: batched, left-padded sampling with per-row seeds and forced Score/Winner completion.
+"""Transformers generator: shared-prefix KV, batched decoding with per-row seeds, forced Score/Winner completion.
 
-Each request's prompt is templated and prefilled once; its KV cache is then copied to the ``n`` sample rows.
-Every row draws its randomness from its own ``torch.Generator`` seeded from ``(request.seed, sample index)``
-(Gumbel-max sampling), so a row's text does not depend on which other rows share the batch or on the batch size.
-Batched matmuls can still differ from unbatched ones in the last bits: on CPU, bf16 rows are made bit-identical by
-row-wise attention, and fp32 rows differed in 0 of 32 SmolLM2 rows between batch size 1 and 16, greedy and sampled
-(``benchmarks/hf_generate.py --determinism``); GPUs are unmeasured. A judge/meta-judge row whose text has no
-parseable label gets ``"\n" + label`` fed through its own KV cache, then a value drawn among the allowed tokens
-with the row's generator (argmax at temperature 0) is appended (``forced=True``). Exercised by:
-``mrlite run recipes/tiny.yaml``.
+Prefix reuse: the prompts of one ``generate`` call form a radix tree of token ids; every run of at least
+``MIN_SHARED_TOKENS`` tokens that two or more prompts share (the judge rubric across a chunk's judge requests;
+rubric + question + answer across the battles of one answer) is prefilled once, and its keys/values are read by
+every row below it. Each request's own tail is prefilled once and copied to its ``n`` sample rows, which decode in
+preallocated buffers. Attention is our function registered with transformers (``prefix_attention``): the model
+is transformers' own, called with ``use_cache=False``, and the function keeps the keys/values.
+
+Determinism: every row draws its randomness from its own ``torch.Generator`` seeded from ``(request.seed,
+sample index)`` (Gumbel-max sampling), and the shared nodes depend only on the set of prompts in the call, so the
+same requests + seed + batch settings give byte-identical texts, and with fixed chunk boundaries (the stages'
+``loop.chunk_size``) an in-stage resume regenerates a chunk identically. Across *different* calls or batch sizes a
+row can differ in the last bits: splitting a prompt at another node boundary, or another padded width, changes
+float summation order (fp32: ~1e-6 on logits). Measured with ``mrlite bench generate``/``benchmarks/
+hf_generate.py --determinism``; on the tiny random model the texts are identical across batch sizes 1/3/16 and with
+sharing on or off (tests). bf16 on CPU runs in exact mode (no padding inside any reduction). A judge/meta-judge row
+whose text has no parseable label gets ``"\n" + label`` fed through its own KV, then a value drawn among the
+allowed tokens with the row's generator (argmax at temperature 0) is appended (``forced=True``). Exercised by:
+``mrlite run recipes/tiny.yaml``, ``mrlite bench generate``.
 """
 
 from __future__ import annotations
