@@ -10,13 +10,9 @@ import sys
 import click
 
 from mrlite import __version__
-from mrlite.errors import setup_cli_logging, user_error_types, user_errors
+from mrlite.errors import WORKER_USER_ERROR, MrliteError, setup_cli_logging, user_errors
 
 STAGE_NAMES = ("eft", "sample", "judge", "meta_judge", "pairs", "train")
-
-
-WORKER_USER_ERROR = 3
-"""Exit code of a stage subprocess that already printed a one-line user error (the parent adds nothing)."""
 
 
 _user_errors = user_errors("Run the same command again to resume where it stopped.")
@@ -153,7 +149,7 @@ def worker(run_dir, t, stages, force):
     _setup(0, False)
     try:
         run_worker(Path(run_dir), t, stages.split(","), force)
-    except user_error_types() as e:
+    except MrliteError as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(WORKER_USER_ERROR)
 

@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from mrlite.errors import MrliteError
+
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -26,7 +28,7 @@ UNREACHABLE_AFTER = 8
 """Consecutive connection failures after which the rest of a batch is marked failed without being sent."""
 
 
-class EndpointError(ValueError):
+class EndpointError(MrliteError, ValueError):
     """A judge endpoint setting the user must fix (bad spec, missing key). One line."""
 
 

@@ -1,7 +1,9 @@
-"""One mechanism for every CLI command: errors a user can fix become one ``Error: …`` line and exit code 1.
+"""User-facing errors, and the one mechanism every CLI command uses to report them.
 
-Used by ``cli.py`` and ``cli_eval.py``. Exception classes are imported when a command fails or runs, never at
-start-up, so ``mrlite --help`` stays light.
+``MrliteError`` is the base of every error a user can fix (recipe, run directory, stage input, backend, model,
+data source, endpoint, evaluation, report): its message is one line saying what is wrong, where, and how to fix
+it. The CLI turns any of them into one ``Error: …`` line and exit code 1. This module imports no other mrlite
+module (and no click) at import time, so every layer can import it. Used by ``cli.py`` and ``cli_eval.py``.
 """
 
 from __future__ import annotations
@@ -9,24 +11,16 @@ from __future__ import annotations
 import functools
 import sys
 
-import click
+WORKER_USER_ERROR = 3
+"""Exit code of a stage subprocess that already printed a one-line user error (the parent adds nothing)."""
 
 
-def user_error_types() -> tuple[type[Exception], ...]:
-    """Every exception class whose message is a one-line, user-fixable problem."""
-    from mrlite.backends import BackendError
-    from mrlite.endpoint import EndpointError
-    from mrlite.evaluate import EvalError
-    from mrlite.loop import StageFailed
-    from mrlite.models import ModelError
-    from mrlite.recipe import RecipeError
-    from mrlite.report import ReportError
-    from mrlite.rundir import RunDirError
-    from mrlite.sources import SourceError
-    from mrlite.stages import StageError
+class MrliteError(Exception):
+    """A problem the user can fix; the message is one line (what, where, how to fix).
 
-    return (RecipeError, RunDirError, StageError, StageFailed, BackendError, SourceError, ModelError,
-            EndpointError, EvalError, ReportError)
+    A subclass instance with a true ``quiet`` attribute has been reported already (a stage subprocess printed
+    it): the CLI then only exits non-zero.
+    """
 
 
 def user_errors(interrupted: str):
@@ -35,15 +29,13 @@ def user_errors(interrupted: str):
     def decorate(fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            from mrlite.loop import StageFailed
+            import click
 
             try:
                 return fn(*args, **kwargs)
-            except StageFailed as e:
-                if e.quiet:  # the stage subprocess printed its one line already
+            except MrliteError as e:
+                if getattr(e, "quiet", False):  # the stage subprocess printed its one line already
                     sys.exit(1)
-                raise click.ClickException(str(e)) from None
-            except user_error_types() as e:
                 raise click.ClickException(str(e)) from None
             except KeyboardInterrupt:
                 click.echo(f"\nInterrupted. {interrupted}", err=True)
@@ -59,3 +51,6 @@ def setup_cli_logging(verbose: int, quiet: bool) -> None:
     from mrlite.log import setup_logging
 
     setup_logging(-1 if quiet else verbose)
+
+
+__all__ = ["WORKER_USER_ERROR", "MrliteError", "setup_cli_logging", "user_errors"]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mrlite.backends.base import GenRequest, Sampling
 from mrlite.datagen import fits, judge_scores, open_generator
+from mrlite.errors import MrliteError
 from mrlite.oasst import human_agreement, load_ranked
 from mrlite.recipe import Recipe, load_recipe
 from mrlite.rundir import (
@@ -32,7 +33,7 @@ from mrlite.winrate import summarize
 log = logging.getLogger(__name__)
 
 EVAL_DIR = "eval"
-class EvalError(ValueError):
+class EvalError(MrliteError, ValueError):
     """An eval problem a user can fix. One line."""
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mrlite import __version__
+from mrlite.errors import WORKER_USER_ERROR, MrliteError
 from mrlite.log import add_file_log
 from mrlite.recipe import Recipe, RecipeError
 from mrlite.rundir import RunDir, RunDirError, atomic_write_json, atomic_write_text
@@ -44,7 +45,7 @@ PACKAGES = ("click", "pydantic", "numpy", "torch", "transformers", "peft", "trl"
             "vllm", "unsloth", "bitsandbytes")
 
 
-class StageFailed(RuntimeError):
+class StageFailed(MrliteError, RuntimeError):
     """A stage subprocess exited non-zero. ``quiet``: it printed its own one-line error already."""
 
     def __init__(self, message: str, quiet: bool = False):
@@ -189,8 +190,6 @@ def _run_worker(run_dir: Path, t: int, stages: list[str], force: bool) -> None:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     rc = subprocess.call(cmd, env=env)
     if rc != 0:
-        from mrlite.cli import WORKER_USER_ERROR
-
         where = f"iter {t} {'+'.join(stages)}" if t else "eft"
         raise StageFailed(f"{where} failed in its subprocess (exit {rc}); see the message above and {run_dir}/log.txt",
                           quiet=rc == WORKER_USER_ERROR)

@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from mrlite.errors import MrliteError
+
 log = logging.getLogger(__name__)
 
 SMOLLM2_ALIAS = "smollm2-135m"
@@ -42,7 +44,7 @@ ALIASES = (SMOLLM2_ALIAS, TINY_ALIAS)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 
 
-class ModelError(ValueError):
+class ModelError(MrliteError, ValueError):
     """A model that cannot be found, built or used. The message is one line: what was tried, what to do."""
 
 

@@ -16,10 +16,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mrlite.errors import MrliteError
+
 PerIter = list[float | None]
 
 
-class RecipeError(ValueError):
+class RecipeError(MrliteError, ValueError):
     """A recipe problem a user can fix. The message is one line: what, where, how to fix."""
 
 

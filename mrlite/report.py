@@ -14,6 +14,7 @@ import json
 import logging
 from pathlib import Path
 
+from mrlite.errors import MrliteError
 from mrlite.recipe import Recipe, load_recipe
 from mrlite.rundir import RunDir, RunDirError, atomic_write_text, iter_jsonl
 from mrlite.runstats import iteration_stats, run_iterations
@@ -24,7 +25,7 @@ REPORT_MD = "report.md"
 FIG_DIR = "report"
 
 
-class ReportError(ValueError):
+class ReportError(MrliteError, ValueError):
     """A report problem a user can fix (e.g. a logging package missing). One line."""
 
 

@@ -23,13 +23,15 @@ import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from mrlite.errors import MrliteError
+
 MARKER_DIR = ".done"
 PARTS_DIR = ".parts"
 VOLATILE_FILES = ("log.txt", "run.json", "timings.jsonl", ".lock")
 """Files a resumed or repeated run may change; everything else must be byte-identical."""
 
 
-class RunDirError(RuntimeError):
+class RunDirError(MrliteError, RuntimeError):
     """A run-directory problem a user can fix (stale marker, held lock, corrupt file). One line."""
 
 

@@ -14,10 +14,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mrlite.errors import MrliteError
 from mrlite.rundir import RunDirError, read_jsonl
 
 
-class SourceError(ValueError):
+class SourceError(MrliteError, ValueError):
     """A data-source problem a user can fix. One line."""
 
 

@@ -221,3 +221,41 @@ def test_status_not_a_run_dir(tmp_path: Path) -> None:
     assert "not a run directory" in msg
     msg = assert_one_line_error(invoke("status", str(tmp_path / "nope")))
     assert "not a run directory" in msg
+
+
+def test_every_user_error_is_one_mrlite_error_the_cli_reports_as_one_line() -> None:
+    import click
+
+    from mrlite.backends import BackendError
+    from mrlite.endpoint import EndpointError
+    from mrlite.errors import MrliteError, user_errors
+    from mrlite.evaluate import EvalError
+    from mrlite.gpu import PreflightError
+    from mrlite.loop import StageFailed
+    from mrlite.models import ModelError
+    from mrlite.recipe import RecipeError
+    from mrlite.report import ReportError
+    from mrlite.rundir import RunDirError
+    from mrlite.sources import SourceError
+    from mrlite.stages import StageError
+
+    kinds = (RecipeError, RunDirError, StageError, StageFailed, BackendError, PreflightError, SourceError,
+             ModelError, EndpointError, EvalError, ReportError)
+    assert all(issubclass(k, MrliteError) for k in kinds)
+    # the old bases stay, so `except ValueError` / `except RuntimeError` callers keep working
+    assert issubclass(RecipeError, ValueError) and issubclass(RunDirError, RuntimeError)
+
+    def fails(exc):
+        @user_errors("Run it again.")
+        def cmd():
+            raise exc
+        return cmd
+
+    with pytest.raises(click.ClickException) as e:
+        fails(ModelError("model.base 'x' not found; pass a Hub id or a local directory"))()
+    assert e.value.message == "model.base 'x' not found; pass a Hub id or a local directory"
+    with pytest.raises(SystemExit) as quiet:  # a stage subprocess printed its line already: only the exit code
+        fails(StageFailed("iter 1 train failed in its subprocess (exit 3)", quiet=True))()
+    assert quiet.value.code == 1
+    with pytest.raises(ZeroDivisionError):  # a bug is not a user error: it keeps its traceback
+        fails(ZeroDivisionError("bug"))()

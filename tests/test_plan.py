@@ -11,9 +11,9 @@ from click.testing import CliRunner
 import mrlite
 from mrlite.cli import cli
 from mrlite.plan import (
-    GIB, GPU_CLASSES, KNOWN_SHAPES, Rates, disk_gib, estimate, gen_weights_gib, generation_memory, gpu_class_for,
-    model_shape, shape_from_config, train_memory, weights_gib_16bit,
+    GPU_CLASSES, Rates, disk_gib, estimate, gen_weights_gib, generation_memory, gpu_class_for, train_memory,
 )
+from mrlite.shapes import GIB, KNOWN_SHAPES, model_shape, shape_from_config, weights_gib_16bit
 
 REPO = Path(__file__).resolve().parents[1]
 LLAMA3_8B = KNOWN_SHAPES["meta-llama/Meta-Llama-3-8B-Instruct"]

@@ -84,7 +84,7 @@ def test_trainer_refuses_after_transformers(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# the trainer against fakes (row handling, trl_args checks, metrics and lineage come from mrlite.backends.trl)
+# the trainer against fakes (row handling, trl_args, checkpoints, metrics and lineage come from the training core)
 
 
 class CharTokenizer:
@@ -153,31 +153,31 @@ def fakes(monkeypatch):
 
     fields = ["output_dir", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
               "gradient_accumulation_steps", "max_length", "bf16", "fp16", "logging_steps", "save_strategy",
-              "report_to", "seed", "data_seed", "beta", "precompute_ref_log_probs", "completion_only_loss",
-              "warmup_ratio"]
+              "save_steps", "save_total_limit", "report_to", "seed", "data_seed", "warmup_ratio"]
 
-    def config_class(name: str):
-        cls = dataclasses.make_dataclass(name, [(f, object, dataclasses.field(default=None)) for f in fields])
+    def config_class(name: str, own: list[str]):
+        cls = dataclasses.make_dataclass(name, [(f, object, dataclasses.field(default=None)) for f in fields + own])
         cls.kw = property(lambda self: {k: v for k, v in dataclasses.asdict(self).items() if v is not None})
         return cls
 
     class Trainer:
         def __init__(self, kind, **kw):
             rec.calls.append((kind, kw))
-            self.state = types.SimpleNamespace(global_step=0, epoch=0.0)
-
+            self.state = types.SimpleNamespace(global_step=0, epoch=0.0, log_history=[])
             self.callbacks = kw.get("callbacks", [])
 
-        def train(self):
-            rec.calls.append(("train", {}))
+        def train(self, resume_from_checkpoint=None):
+            rec.calls.append(("train", {"resume_from_checkpoint": resume_from_checkpoint}))
             for step, logs in enumerate([{"loss": 0.6931, "rewards/margins": 0.0},
                                          {"loss": 0.6, "rewards/margins": 0.2}, {"train_runtime": 1.0}], 1):
                 self.state.global_step, self.state.epoch = min(step, 2), step / 2
                 for cb in self.callbacks:
                     cb.on_log(None, self.state, None, logs=logs)
+                self.state.log_history.append({**logs, "step": self.state.global_step, "epoch": self.state.epoch})
 
     trl = types.ModuleType("trl")
-    trl.DPOConfig, trl.SFTConfig = config_class("DPOConfig"), config_class("SFTConfig")
+    trl.DPOConfig = config_class("DPOConfig", ["beta", "precompute_ref_log_probs", "loss_type"])
+    trl.SFTConfig = config_class("SFTConfig", ["completion_only_loss"])
     trl.DPOTrainer = lambda **kw: Trainer("DPOTrainer", **kw)
     trl.SFTTrainer = lambda **kw: Trainer("SFTTrainer", **kw)
     datasets = types.ModuleType("datasets")
@@ -316,3 +316,56 @@ def test_hub_base_is_snapshotted_locally(fakes, tmp_path: Path, monkeypatch, bas
 
 def test_merge_method_constant() -> None:
     assert ub.MERGE_METHOD == "merged_16bit"
+
+
+def test_dpo_checkpoints_and_resumes_like_the_trl_trainer(fakes, base_dir: Path, tmp_path: Path) -> None:
+    rows = tmp_path / "rows.jsonl"
+    atomic_write_jsonl(rows, [_dpo_row(0)])
+    out = tmp_path / "train.tmp"
+    (out / ".trainer" / "checkpoint-1").mkdir(parents=True)  # what a killed run left behind
+    (out / ".trainer" / "checkpoint-10").mkdir()
+    res = UnslothTrainer(recipe("train.save_steps=7"), 1).train_dpo(rows, str(base_dir), out)
+    cfg = fakes.get("DPOTrainer")["args"].kw
+    assert (cfg["save_strategy"], cfg["save_steps"], cfg["save_total_limit"]) == ("steps", 7, 1)
+    assert cfg["output_dir"] == str(out / ".trainer")
+    assert fakes.get("train")["resume_from_checkpoint"] == str(out / ".trainer" / "checkpoint-10")
+    # after a resume the metrics come from the restored trainer state (no wall-clock seconds in them)
+    assert [(m["step"], m["loss"]) for m in res.metrics] == [(1, 0.6931), (2, 0.6)]
+    assert all("seconds" not in m for m in res.metrics)
+    assert not (out / ".trainer").exists()
+
+
+def test_no_checkpoints_when_save_steps_null(fakes, base_dir: Path, tmp_path: Path) -> None:
+    rows = tmp_path / "rows.jsonl"
+    atomic_write_jsonl(rows, [_dpo_row(0)])
+    out = tmp_path / "train.tmp"
+    (out / ".trainer" / "checkpoint-3").mkdir(parents=True)
+    UnslothTrainer(recipe("train.save_steps=null"), 1).train_dpo(rows, str(base_dir), out)
+    assert fakes.get("DPOTrainer")["args"].kw["save_strategy"] == "no"
+    assert fakes.get("train")["resume_from_checkpoint"] is None
+
+
+def test_trl_args_reach_dpo_but_not_the_eft_sft(fakes, base_dir: Path, tmp_path: Path) -> None:
+    # loss_type is a DPOConfig field SFTConfig lacks: passed on to EFT it would make SFTConfig refuse the run.
+    r = recipe("train.trl_args={loss_type: ipo}")
+    eft = tmp_path / "eft.jsonl"
+    atomic_write_jsonl(eft, [{"prompt": [{"role": "user", "content": "judge"}],
+                              "completion": [{"role": "assistant", "content": "ok. Score: 3"}]}])
+    UnslothTrainer(r, 0).train_sft(eft, str(base_dir), tmp_path / "eft_out")
+    sft = fakes.get("SFTTrainer")["args"].kw
+    assert "loss_type" not in sft and sft["save_strategy"] == "no"  # EFT is short: no checkpoints
+    rows = tmp_path / "rows.jsonl"
+    atomic_write_jsonl(rows, [_dpo_row(0)])
+    UnslothTrainer(r, 1).train_dpo(rows, str(base_dir), tmp_path / "dpo_out")
+    assert fakes.get("DPOTrainer")["args"].kw["loss_type"] == "ipo"
+
+
+def test_diverged_loss_stops_before_the_merge(fakes, base_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    from mrlite.backends import train_core
+
+    rows = tmp_path / "rows.jsonl"
+    atomic_write_jsonl(rows, [_dpo_row(0)])
+    monkeypatch.setattr(train_core, "run_trainer", lambda *a: [{"step": 1, "loss": float("nan")}])
+    with pytest.raises(ValueError, match=r"^dpo: the loss diverged \(nan\); lower train\.learning_rate$"):
+        UnslothTrainer(recipe(), 1).train_dpo(rows, str(base_dir), tmp_path / "out")
+    assert "save_pretrained_merged" not in fakes.names()

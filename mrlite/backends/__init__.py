@@ -11,6 +11,7 @@ import importlib.util
 from typing import TYPE_CHECKING
 
 from mrlite.backends.base import Completion, Generator, GenRequest, Sampling, Trainer, TrainResult
+from mrlite.errors import MrliteError
 
 if TYPE_CHECKING:
     from mrlite.recipe import Recipe
@@ -47,7 +48,7 @@ NEEDS = {
 }
 
 
-class BackendError(RuntimeError):
+class BackendError(MrliteError, RuntimeError):
     """A backend cannot be used here (missing extra, no GPU). One line with the fix."""
 
 

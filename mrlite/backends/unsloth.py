@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from mrlite.backends import BackendError
+from mrlite.backends import train_core as core
 from mrlite.backends.base import TrainResult
 from mrlite.recipe import Recipe
-from mrlite.rundir import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -78,29 +78,22 @@ def local_base(base: str, revision: str | None = None) -> Path:
 
 
 def merged_size_gib(base_dir: Path) -> float:
-    from mrlite.plan import weights_gib_16bit
+    from mrlite.shapes import weights_gib_16bit
 
     return weights_gib_16bit(str(base_dir)) or 0.0
 
 
 def write_lineage(model_dir: Path, base: str, iteration: int, kind: str, adapter: Path) -> dict:
-    """``lineage.json`` in the TRL trainer's format (parent chain + this adapter), plus how it was merged."""
-    from mrlite.backends.trl import _read_lineage
-    from mrlite.rundir import sha256_file as _sha256
-
-    lineage = _read_lineage(base)
-    lineage["adapters"].append({"iteration": iteration, "kind": kind, "trainer": "unsloth", "merge": MERGE_METHOD,
-                                "adapter_sha256": _sha256(adapter / "adapter_model.safetensors")})
-    atomic_write_json(model_dir / "lineage.json", lineage)
-    return lineage
+    """``lineage.json`` in the shared trainers' format (parent chain + this adapter), plus how it was merged."""
+    return core.write_lineage(model_dir, base, iteration, kind, adapter, trainer="unsloth", merge=MERGE_METHOD)
 
 
 class UnslothTrainer:
     """Trainer backend on unsloth + TRL (one CUDA GPU).
 
-    Row reading and validation, the max_length filter, ``trl_args`` checking, the metrics rows and the lineage
-    format are the TRL trainer's (``mrlite.backends.trl``), imported after unsloth; only loading, LoRA and the
-    merge differ.
+    Row reading and validation, the max_length filter, the TRL config from the recipe (``trl_args`` included),
+    checkpoints and resume, the metrics rows, the loss check and the lineage format are the shared training core's
+    (``mrlite.backends.train_core``); only loading, LoRA and the merge differ.
 
     Args:
         recipe: Uses ``train`` (DPO) or ``eft`` (iteration 0: SFT), ``train.load_in_4bit``, ``model``, ``loop.seed``.
@@ -113,7 +106,7 @@ class UnslothTrainer:
         self.recipe = recipe
         self.iteration = iteration
         self.cfg = recipe.eft if iteration == 0 else recipe.train
-        self.seed = recipe.loop.seed + iteration
+        self.seed = core.train_seed(recipe, iteration)
 
     def train_dpo(self, rows: Path, base: str, out: Path) -> TrainResult:
         """DPO on conversational preference rows; returns rows used, rows dropped (too long), step metrics.
@@ -131,44 +124,29 @@ class UnslothTrainer:
     # ----------------------------------------------------------------------------------------------------------
 
     def _train(self, rows_path: Path, base: str, out: Path, kind: str) -> TrainResult:
-        from mrlite.backends.trl import _Collect, _filter_long, _read_rows
         from mrlite.gpu import check_disk, free_disk_gib
 
         t0 = time.perf_counter()
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        keys = ("prompt", "chosen", "rejected") if kind == "dpo" else ("prompt", "completion")
-        section = "train" if kind == "dpo" else "eft"
-        data = _read_rows(rows_path, keys)
+        data = core.read_rows(rows_path, core.ROW_KEYS[kind])
         base_dir = local_base(base, self.recipe.model.revision)
         need = merged_size_gib(base_dir) + DISK_MARGIN_GIB
         check_disk(need, free_disk_gib(out), out, f"the merged model of iteration {self.iteration}")
         model, tokenizer = self._load(base_dir)
-        kept, dropped = _filter_long(data, tokenizer, keys, self.cfg.max_length)
-        if not kept:
-            raise ValueError(
-                f"{kind}: no training rows left in {rows_path} ({len(data)} read, {dropped} longer than "
-                f"{section}.max_length={self.cfg.max_length} tokens); raise {section}.max_length or shorten the answers"
-            )
+        kept, dropped = core.fitting_rows(data, tokenizer, kind, self.cfg.max_length, rows_path)
         model = self._lora(model)
-        collect = _Collect()
+        collect = core.metrics_callback()
         trainer = self._trainer(model, tokenizer, kept, out, kind, collect)
-        trainer.train()
+        metrics = core.run_trainer(trainer, collect, self.recipe, kind, self.iteration, out)
         train_seconds = time.perf_counter() - t0
+        core.check_finite(metrics, kind)
         self._save(model, tokenizer, base, base_dir, out, kind)
-        m = collect.rows
-        summary = {
-            "kind": kind, "iteration": self.iteration, "trainer": "unsloth", "rows": len(kept), "dropped": dropped,
-            "steps": m[-1]["step"] if m else 0,
-            "first_loss": m[0]["loss"] if m else None, "last_loss": m[-1]["loss"] if m else None,
-            "last_margin": m[-1].get("rewards/margins") if m else None,
-            "last_accuracy": m[-1].get("rewards/accuracies") if m else None,
-            "train_seconds": round(train_seconds, 1), "seconds": round(time.perf_counter() - t0, 1),
-            "load_in_4bit": self.recipe.train.load_in_4bit,
-        }
-        log.info("unsloth %s iter %d: %d rows (%d dropped), %d steps, %.0f s", kind, self.iteration, len(kept),
-                 dropped, summary["steps"], summary["seconds"])
-        return TrainResult(n_rows=len(kept), n_dropped=dropped, metrics=m, summary=summary)
+        summary = core.summary(kind, self.iteration, trainer="unsloth", rows=len(kept), dropped=dropped,
+                               metrics=metrics, train_seconds=train_seconds, seconds=time.perf_counter() - t0,
+                               load_in_4bit=self.recipe.train.load_in_4bit)
+        core.log_summary(summary, "unsloth ")
+        return TrainResult(n_rows=len(kept), n_dropped=dropped, metrics=metrics, summary=summary)
 
     def _load(self, base_dir: Path):
         from unsloth import FastLanguageModel
@@ -201,47 +179,38 @@ class UnslothTrainer:
             bias="none", use_gradient_checkpointing="unsloth", random_state=self.seed,
         )
 
-    def _args(self, out: Path, kind: str) -> dict[str, Any]:
+    def _backend_args(self, kind: str) -> dict[str, Any]:
+        """What unsloth adds to the recipe's config fields: the GPU's 16-bit type, precomputed reference log-probs."""
         from unsloth import is_bfloat16_supported
 
-        c = self.cfg
         bf16 = bool(is_bfloat16_supported())
-        args: dict[str, Any] = {
-            "output_dir": str(out / ".trainer"), "learning_rate": c.learning_rate, "num_train_epochs": c.epochs,
-            "max_steps": c.max_steps or -1, "per_device_train_batch_size": c.batch_size,
-            "gradient_accumulation_steps": c.grad_accum, "max_length": c.max_length, "bf16": bf16, "fp16": not bf16,
-            "logging_steps": 1, "save_strategy": "no", "report_to": "none", "seed": self.seed, "data_seed": self.seed,
-        }
+        args: dict[str, Any] = {"bf16": bf16, "fp16": not bf16}
         if kind == "dpo":
-            args |= {"beta": self.recipe.train.beta, "precompute_ref_log_probs": True}
-        else:
-            args |= {"completion_only_loss": None}  # auto: prompt/completion rows train on the completion only
-        return args | self.recipe.train.trl_args
+            args["precompute_ref_log_probs"] = True
+        return args
 
     def _trainer(self, model, tokenizer, rows: list[dict], out: Path, kind: str, collect):
         from datasets import Dataset
         from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-        from mrlite.backends.trl import _make_config
-
+        config_cls = DPOConfig if kind == "dpo" else SFTConfig
+        args = core.trainer_config(config_cls, self.recipe, kind, self.iteration, out, self._backend_args(kind))
         if kind == "dpo":
-            return DPOTrainer(model=model, ref_model=None, args=_make_config(DPOConfig, self._args(out, kind)),
-                              train_dataset=Dataset.from_list(rows), processing_class=tokenizer, callbacks=[collect])
-        return SFTTrainer(model=model, args=_make_config(SFTConfig, self._args(out, kind)),
-                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer, callbacks=[collect])
+            return DPOTrainer(model=model, ref_model=None, args=args, train_dataset=Dataset.from_list(rows),
+                              processing_class=tokenizer, callbacks=[collect])
+        return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                          callbacks=[collect])
 
     def _save(self, model, tokenizer, base: str, base_dir: Path, out: Path, kind: str) -> None:
         adapter, merged = out / "adapter", out / "model"
         model.save_pretrained(str(adapter))
         model.save_pretrained_merged(str(merged), tokenizer, save_method=MERGE_METHOD)
-        from mrlite.backends.trl import _portable_adapter
-
-        _portable_adapter(adapter, str(base_dir), out)  # no absolute paths in run files (after the merge read it)
+        core.portable_adapter(adapter, str(base_dir), out)  # no absolute paths in run files (after the merge read it)
         gen = base_dir / "generation_config.json"
         if gen.is_file() and not (merged / "generation_config.json").exists():
             shutil.copy2(gen, merged / "generation_config.json")  # the generator's stop ids need it
         write_lineage(merged, base, self.iteration, kind, adapter)
-        shutil.rmtree(out / ".trainer", ignore_errors=True)
+        shutil.rmtree(out / core.WORK_DIR, ignore_errors=True)
 
 
 __all__ = ["MERGE_METHOD", "UnslothTrainer", "import_unsloth", "local_base", "write_lineage"]

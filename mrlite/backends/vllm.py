@@ -185,7 +185,7 @@ class VLLMGenerator:
             raise BackendError("backend 'vllm' needs vllm: pip install 'mrlite[gpu]' (see `mrlite doctor`)") from None
         from mrlite.gpu import gpus
         from mrlite.models import check_chat_template
-        from mrlite.plan import weights_gib_16bit
+        from mrlite.shapes import weights_gib_16bit
 
         self._vllm = vllm
         self.recipe = recipe

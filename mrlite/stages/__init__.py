@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 
 from mrlite import __version__
+from mrlite.errors import MrliteError
 from mrlite.recipe import Recipe
 from mrlite.rundir import RunDir, RunDirError, config_hash, fault_point, fingerprint
 
@@ -28,7 +29,7 @@ GENERATION_STAGES = ("sample", "judge", "meta_judge")
 HEAVY_STAGES = ("eft", "sample", "judge", "meta_judge", "train")
 
 
-class StageError(RuntimeError):
+class StageError(MrliteError, RuntimeError):
     """A stage cannot proceed for a reason the user can act on. One line."""
 
 
@@ -95,6 +96,11 @@ def resolve_base(recipe: Recipe) -> str:
     from mrlite.models import resolve_model
 
     return resolve_model(recipe.model.base, revision=recipe.model.revision)
+
+
+def untimed(d: dict) -> dict:
+    """Drop wall-clock keys: run files must be identical across runs; seconds live in timings.jsonl."""
+    return {k: v for k, v in d.items() if not any(w in k for w in ("second", "runtime", "time", "seconds"))}
 
 
 def module(stage: str) -> ModuleType:

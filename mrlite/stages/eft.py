@@ -13,8 +13,7 @@ from pathlib import Path
 from mrlite.prompts import render_judge
 from mrlite.rundir import atomic_write_jsonl, replace_dir
 from mrlite.sources import builtin_path, load_eft_rows
-from mrlite.stages import StageContext, resolve_base
-from mrlite.stages.train import _untimed
+from mrlite.stages import StageContext, resolve_base, untimed
 
 
 def applies(ctx: StageContext) -> bool:
@@ -53,7 +52,7 @@ def run(ctx: StageContext) -> dict:
     replace_dir(tmp / "model", ctx.path("model"))
     shutil.rmtree(tmp)
     return {"n_in": len(sft), "n_out": result.n_rows - result.n_dropped, "dropped_too_long": result.n_dropped,
-            **_untimed(result.summary)}
+            **untimed(result.summary)}
 
 
 def summary_line(t: int, s: dict) -> str:

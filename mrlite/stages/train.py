@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from mrlite.rundir import atomic_write_jsonl, atomic_write_text, config_hash, fingerprint, iter_jsonl, replace_dir
-from mrlite.stages import StageContext, StageError, expected_marker_keys, fault_point
+from mrlite.stages import StageContext, StageError, expected_marker_keys, fault_point, untimed
 
 TRAIN_KEYS = ("prompt", "chosen", "rejected")
 
@@ -62,19 +62,14 @@ def run(ctx: StageContext) -> dict:
     base = ctx.policy_model()
     result = load_trainer(ctx.recipe, ctx.t).train_dpo(data, base, tmp)
     fault_point("train:before_move")
-    atomic_write_jsonl(ctx.path("train_metrics.jsonl"), [_untimed(m) for m in result.metrics])
+    atomic_write_jsonl(ctx.path("train_metrics.jsonl"), [untimed(m) for m in result.metrics])
     replace_dir(tmp / "adapter", ctx.path("adapter"))
     fault_point("train:between_moves")
     replace_dir(tmp / "model", ctx.path("model"))
     shutil.rmtree(tmp)
     return {"n_in": len(rows), "n_out": result.n_rows - result.n_dropped, "actor_pairs": n_actor,
             "judge_pairs": len(rows) - n_actor, "dropped_too_long": result.n_dropped,
-            "adapter": fingerprint(ctx.path("adapter"))[:16], **_untimed(result.summary)}
-
-
-def _untimed(d: dict) -> dict:
-    """Drop wall-clock keys: run files must be identical across runs; seconds live in timings.jsonl."""
-    return {k: v for k, v in d.items() if not any(w in k for w in ("second", "runtime", "time", "seconds"))}
+            "adapter": fingerprint(ctx.path("adapter"))[:16], **untimed(result.summary)}
 
 
 def summary_line(t: int, s: dict) -> str:
