@@ -97,11 +97,13 @@ class _Report:
                    "(32 rows x 64 tokens, no EOS: the batched decode rate).")
 @click.option("--naive", "naive_n", default=4, show_default=True,
               help="Requests of each phase to also run through a one-chat-at-a-time model.generate loop (0: skip).")
-@click.option("--no-share", is_flag=True, help="Turn shared-prefix KV off (for comparison).")
+@click.option("--no-share", is_flag=True, help="Turn shared-prefix KV off.")
+@click.option("--compare-share", is_flag=True,
+              help="Run each phase again with shared-prefix KV off: time ratio and how many rows are identical.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe field.")
 @click.option("--json", "json_out", help="Also write the figures to this JSON file.")
 @_user_errors
-def bench_generate(recipe, phases, naive_n, no_share, sets, json_out):
+def bench_generate(recipe, phases, naive_n, no_share, compare_share, sets, json_out):
     """Generation tokens/s of the recipe's generator phases: ours, naive, and the FLOP limit.
 
     RECIPE is a path or a bundled recipe name (default: tiny). Prompts are the builtin ones; the judge phase
@@ -116,7 +118,7 @@ def bench_generate(recipe, phases, naive_n, no_share, sets, json_out):
         raise click.UsageError(f"unknown phase(s) {sorted(bad)}; use sample, judge, meta_judge, decode")
     rep = _Report(json_out)
     click.echo(f"load average at start: {loadavg()}")
-    _run_generate(r, phases_l, naive_n, not no_share, rep)
+    _run_generate(r, phases_l, naive_n, not no_share, rep, compare_share)
     click.echo(f"load average at end: {loadavg()}")
     rep.save(recipe=r.name, load_end=loadavg())
 
@@ -130,7 +132,7 @@ def _load(recipe: str, sets, load_recipe):
     return load_recipe(p, list(sets))
 
 
-def _run_generate(r, phases: list[str], naive_n: int, share: bool, rep: _Report) -> None:
+def _run_generate(r, phases: list[str], naive_n: int, share: bool, rep: _Report, compare: bool = False) -> None:
     import torch
 
     from mrlite.backends.base import GenRequest, Sampling
@@ -141,6 +143,7 @@ def _run_generate(r, phases: list[str], naive_n: int, share: bool, rep: _Report)
     path = resolve_model(r.model.base, revision=r.model.revision)
     t0 = time.perf_counter()
     gen = HFGenerator(r, path)
+    min_shared = gen.min_shared_tokens
     if not share:
         gen.min_shared_tokens = 10**9
     n_params = sum(p.numel() for p in gen.model.parameters())
@@ -178,6 +181,7 @@ def _run_generate(r, phases: list[str], naive_n: int, share: bool, rep: _Report)
         return n, time.perf_counter() - t
 
     def phase(name: str, reqs: list[GenRequest], sampling: Sampling):
+        click.echo(f"{name}: {len(reqs)} requests ...")
         gen.generate(reqs[:1], Sampling(sampling.temperature, sampling.top_p, 2))  # warm-up
         t = time.perf_counter()
         out = gen.generate(reqs, sampling)
@@ -187,6 +191,15 @@ def _run_generate(r, phases: list[str], naive_n: int, share: bool, rep: _Report)
         row = {"phase": name, "requests": len(reqs), "rows": sum(q.n for q in reqs), "prompt_tokens": prompt_toks,
                "tokens": toks, "seconds": dt, "tok_s": toks / dt,
                "flop_frac": (toks + prompt_toks) / dt / limit}
+        if compare and share:
+            gen.min_shared_tokens = 10**9
+            t = time.perf_counter()
+            again = gen.generate(reqs, sampling)
+            dt2 = time.perf_counter() - t
+            gen.min_shared_tokens = min_shared
+            same = sum(a.text == b.text for x, y in zip(out, again, strict=True) for a, b in zip(x, y, strict=True))
+            row.update(unshared_tok_s=sum(c.n_tokens for row in again for c in row) / dt2, ratio_shared=dt2 / dt,
+                       rows_equal_unshared=f"{same}/{row['rows']}")
         if naive_n:
             n, nt = naive(reqs[:naive_n], sampling)
             row.update(naive_tok_s=n / nt, ratio_naive=(toks / dt) / (n / nt))
