@@ -7,7 +7,7 @@ every row below it. Each request's own tail is prefilled once and copied to its 
 preallocated buffers. Attention is our function registered with transformers (``prefix_attention``): the model
 is transformers' own, called with ``use_cache=False``, and the function keeps the keys/values.
 
-Determinism: every row draws its randomness from its own ``torch.Generator`` seeded from ``(request.seed,
+Determinism: every row draws its randomness from its own random stream (``row_rng``) seeded from ``(request.seed,
 sample index)`` (Gumbel-max sampling), and the shared nodes depend only on the set of prompts in the call, so the
 same requests + seed + batch settings give byte-identical texts, and with fixed chunk boundaries (the stages'
 ``loop.chunk_size``) an in-stage resume regenerates a chunk identically. Across *different* calls or batch sizes a
@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, DynamicCache
@@ -632,7 +633,7 @@ class HFGenerator:
         else:
             logits, state = self._start_plain(prompts, keys)
             step = self._step_plain
-        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        gens = [row_rng(s) for s in seeds]
         rows = [_Row() for _ in prompts]
         queue: list[list[int] | None] = [None] * len(prompts)  # label tokens still to feed (forcing mode)
         live = list(range(len(prompts)))  # batch position -> row
@@ -666,7 +667,9 @@ class HFGenerator:
                     allowed = logits[b, f.choices].float()
                     if sampling.temperature > 0:
                         probs = torch.softmax(allowed / sampling.temperature, -1)
-                        pick = int(torch.multinomial(probs, 1, generator=gens[r]))
+                        cdf = probs.double().cumsum(0)
+                        pick = min(int(torch.searchsorted(cdf, gens[r].random() * float(cdf[-1]), right=True)),
+                                   len(f.choices) - 1)
                     else:
                         pick = int(torch.argmax(allowed))
                     row.forced = f.texts[pick]
@@ -699,14 +702,22 @@ class HFGenerator:
         return self._forcing[force]
 
 
-def sample_next(logits: torch.Tensor, gens: list[torch.Generator], temperature: float, top_p: float) -> torch.Tensor:
+def row_rng(seed: int) -> np.random.Generator:
+    """A row's own random stream (numpy PCG64): ~14x faster per uniform than a seeded ``torch.Generator`` on CPU,
+    which made drawing the noise cost more than the LM head's matmul."""
+    return np.random.Generator(np.random.PCG64(seed))
+
+
+def sample_next(logits: torch.Tensor, gens: list[np.random.Generator], temperature: float, top_p: float
+                ) -> torch.Tensor:
     """Next token per row: greedy at temperature 0, else temperature + nucleus sampling by the Gumbel-max trick.
 
     Each row draws one uniform per vocabulary entry per step from its own generator, so its draws do not depend
     on the other rows of the batch. Gumbel-max (argmax of logits/T + noise, the noise indexed by token id) is used
     rather than an inverse CDF over sorted probabilities because a last-bit change in the logits (batched matmuls
     differ from unbatched ones) then flips the pick only when the two best perturbed scores nearly tie, instead of
-    whenever the sort order or the cumulative sums shift.
+    whenever the sort order or the cumulative sums shift. It is computed in its exponential-race form,
+    ``probs / -log(u)``, which orders tokens exactly as ``logits/T - log(-log(u))`` does with one log instead of two.
 
     Top-p without sorting the vocabulary (a sort costs ~4 ms per row on CPU): walk the tokens in order of
     perturbed score and take the first inside the nucleus, i.e. whose more likely tokens hold less than
@@ -717,25 +728,21 @@ def sample_next(logits: torch.Tensor, gens: list[torch.Generator], temperature: 
         return logits.argmax(-1)
     scores = logits.float() / temperature
     vocab = scores.shape[-1]
-    u = torch.stack([torch.rand(vocab, generator=g) for g in gens]).to(scores.device)
-    perturbed = scores + _gumbel(u)
+    u = torch.from_numpy(np.stack([g.random(vocab, dtype=np.float32) for g in gens])).to(scores.device)
+    probs = torch.softmax(scores, dim=-1)
+    perturbed = probs / -torch.log(u)
     if top_p >= 1.0:
         return perturbed.argmax(-1)
-    probs = torch.softmax(scores, dim=-1)
     cand = perturbed.topk(min(8, vocab), dim=-1).indices  # best first
     choice = probs.argmax(-1)  # inside every nucleus; kept only if 8 candidates all fall outside (< 0.05**8)
     found = torch.zeros_like(choice, dtype=torch.bool)
     for j in range(cand.shape[1]):
         c = cand[:, j]
         pc = probs.gather(-1, c[:, None])
-        inside = (probs * (probs > pc)).sum(-1) < top_p
+        inside = torch.where(probs > pc, probs, 0.0).sum(-1) < top_p
         take = inside & ~found
         choice = torch.where(take, c, choice)
         found |= take
         if bool(found.all()):
             break
     return choice
-
-
-def _gumbel(u: torch.Tensor) -> torch.Tensor:
-    return -torch.log(-torch.log(u.clamp_min(1e-20)))
