@@ -293,7 +293,7 @@ def _run_train(r, steps: int, kind: str, rep: _Report) -> None:
     import torch
     from transformers import AutoConfig, AutoTokenizer
 
-    from mrlite.backends import make_trainer
+    from mrlite.backends import load_trainer
     from mrlite.models import resolve_model
     from mrlite.prompts import render_judge
     from mrlite.rundir import atomic_write_jsonl
@@ -330,7 +330,7 @@ def _run_train(r, steps: int, kind: str, rep: _Report) -> None:
     click.echo(f"model {r.model.base}: {n_params / 1e6:.1f}M parameters, {torch.get_num_threads()} threads; "
                f"best matmul rate {rate:.1f} GFLOP/s ({shape}) -> {limit:.0f} forward tokens/s; a LoRA {kind} step "
                f"costs ~{passes} forward passes; {tokens_per_step:.0f} tokens/step (unpadded)")
-    trainer = make_trainer(r)
+    trainer = load_trainer(r, 1)
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / "rows.jsonl"
         atomic_write_jsonl(f, rows)
