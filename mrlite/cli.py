@@ -182,6 +182,7 @@ _register("mrlite.cli_data", "data_group")
 _register("mrlite.cli_eval", "eval_cmd")
 _register("mrlite.cli_eval", "report_cmd")
 _register("mrlite.push", "push_cmd")
+_register("mrlite.bench", "bench_group")
 # (end of command registrations)
 
 

@@ -196,3 +196,62 @@ def test_forced_pick_matches_full_forward(gen):
         with torch.inference_mode():
             logits = gen.model(input_ids=torch.tensor([prompt + row.ids + f.prefix])).logits[0, -1].float()
         assert f.texts[int(torch.argmax(logits[f.choices]))] == row.forced
+
+
+def test_prefix_tree_shares_long_prefixes_only():
+    from mrlite.backends.hf import prefix_tree
+
+    rubric = list(range(100, 140))  # 40 shared tokens
+    prompts = {0: [*rubric, 1, 2, 3], 1: [*rubric, 1, 2, 4], 2: [*rubric, 5], 3: [7] * 50, 4: [*rubric, 1, 2, 3]}
+    tree = prefix_tree(prompts, min_shared=32, layers=2)
+    root = tree[2]
+    assert (root.start, root.end, root.parent) == (0, 40, None) and root.tokens == rubric
+    assert tree[0] is tree[1] is tree[4] is root  # [1, 2] past the rubric is too short for its own node
+    assert tree[3] is None  # shares nothing
+    # every prompt keeps its last token out of the shared nodes; identical prompts too
+    same = prefix_tree({0: rubric, 1: list(rubric)}, min_shared=32, layers=2)
+    assert same[0] is same[1] and same[0].end == len(rubric) - 1
+    # order of the prompts does not matter; nested sharing gives a chain
+    answer = list(range(500, 540))
+    nested = {i: rubric + answer + [900 + i] for i in range(3)} | {9: rubric + [1] * 40}
+    t1 = prefix_tree(nested, min_shared=32, layers=2)
+    t2 = prefix_tree(dict(reversed(list(nested.items()))), min_shared=32, layers=2)
+    for t in (t1, t2):
+        assert [(n.start, n.end) for n in t[0].path] == [(0, 40)] and (t[0].start, t[0].end) == (40, 80)
+        assert t[9].end == 40 and t[0].parent is t[9]
+
+
+def judge_like(i: int) -> list[dict]:
+    rubric = "Review the user's question and the corresponding response using the additive 5-point scoring " * 3
+    return chat(f"{rubric}\nQuestion {i}: what is {i} + {i}?\nAnswer: {2 * i + (i % 2)}")
+
+
+@pytest.mark.parametrize("which", ["gen", "gen_bf16"])
+def test_shared_prefix_matches_unshared_and_is_deterministic(which, request):
+    """Shared-prefix KV gives the logits of a plain full forward (to float noise) and the same texts as without
+    sharing; with sharing on, same requests + settings give identical texts at any batch size."""
+    g = request.getfixturevalue(which)
+    reqs = [GenRequest(id=f"j{i}", messages=judge_like(i), n=2, seed=i, force="score") for i in range(4)]
+    prompts = [g._encode(r.messages) for r in reqs]
+    from mrlite.backends.hf import prefix_tree
+
+    tree = prefix_tree(dict(enumerate(prompts)), g.min_shared_tokens, g.n_layers)
+    assert tree[0] is not None and tree[0] is tree[3] and tree[0].end >= 32  # the rubric is one shared node
+    with torch.inference_mode():
+        logits, _ = g._start_shared(prompts, [0, 1, 2, 3], 4, tree)
+        for i, p in enumerate(prompts):
+            full = g.model(input_ids=torch.tensor([p])).logits[0, -1]
+            tol = 1e-4 if g.dtype == torch.float32 else 0.1
+            torch.testing.assert_close(logits[i].float(), full.float(), atol=tol, rtol=0)
+    shared = texts(g.generate(reqs, SAMPLE))
+    assert shared == texts(g.generate(reqs, SAMPLE))
+    try:
+        for bs in (1, 3):
+            g.batch_size = bs
+            assert texts(g.generate(reqs, SAMPLE)) == shared
+        g.batch_size = 16
+        g.min_shared_tokens = 10**9
+        unshared = texts(g.generate(reqs, SAMPLE))
+    finally:
+        g.batch_size, g.min_shared_tokens = 16, 32
+    assert unshared == shared

@@ -1,14 +1,23 @@
-"""Transformers generator: batched, left-padded sampling with per-row seeds and forced Score/Winner completion.
+"""Transformers generator: shared-prefix KV, batched decoding with per-row seeds, forced Score/Winner completion.
 
-Each request's prompt is templated and prefilled once; its KV cache is then copied to the ``n`` sample rows.
-Every row draws its randomness from its own ``torch.Generator`` seeded from ``(request.seed, sample index)``
-(Gumbel-max sampling), so a row's text does not depend on which other rows share the batch or on the batch size.
-Batched matmuls can still differ from unbatched ones in the last bits: on CPU, bf16 rows are made bit-identical by
-row-wise attention, and fp32 rows differed in 0 of 32 SmolLM2 rows between batch size 1 and 16, greedy and sampled
-(``benchmarks/hf_generate.py --determinism``); GPUs are unmeasured. A judge/meta-judge row whose text has no
-parseable label gets ``"\n" + label`` fed through its own KV cache, then a value drawn among the allowed tokens
-with the row's generator (argmax at temperature 0) is appended (``forced=True``). Exercised by:
-``mrlite run recipes/tiny.yaml``.
+Prefix reuse: the prompts of one ``generate`` call form a radix tree of token ids; every run of at least
+``MIN_SHARED_TOKENS`` tokens that two or more prompts share (the judge rubric across a chunk's judge requests;
+rubric + question + answer across the battles of one answer) is prefilled once, and its keys/values are read by
+every row below it. Each request's own tail is prefilled once and copied to its ``n`` sample rows, which decode in
+preallocated buffers. Attention is our function registered with transformers (``prefix_attention``): the model
+is transformers' own, called with ``use_cache=False``, and the function keeps the keys/values.
+
+Determinism: every row draws its randomness from its own random stream (``row_rng``) seeded from ``(request.seed,
+sample index)`` (Gumbel-max sampling), and the shared nodes depend only on the set of prompts in the call, so the
+same requests + seed + batch settings give byte-identical texts, and with fixed chunk boundaries (the stages'
+``loop.chunk_size``) an in-stage resume regenerates a chunk identically. Across *different* calls or batch sizes a
+row can differ in the last bits: splitting a prompt at another node boundary, or another padded width, changes
+float summation order (fp32: ~1e-6 on logits). Measured with ``mrlite bench generate``/``benchmarks/
+hf_generate.py --determinism``; on the tiny random model the texts are identical across batch sizes 1/3/16 and with
+sharing on or off (tests). bf16 on CPU runs in exact mode (no padding inside any reduction). A judge/meta-judge row
+whose text has no parseable label gets ``"\n" + label`` fed through its own KV, then a value drawn among the
+allowed tokens with the row's generator (argmax at temperature 0) is appended (``forced=True``). Exercised by:
+``mrlite run recipes/tiny.yaml``, ``mrlite bench generate``.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, DynamicCache
@@ -34,7 +44,12 @@ from mrlite.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
-ROWWISE_ATTENTION = "mrlite_rowwise"
+PREFIX_ATTENTION = "mrlite_prefix"
+MIN_SHARED_TOKENS = 32
+"""Fewest tokens two or more prompts of one ``generate`` call must share (past their parent node) to get one
+shared KV node; shorter runs are recomputed per request (a node costs a few small ops per layer and step)."""
+PREFILL_TOKENS = 4096
+"""Padded tokens per prefill forward (bounds activation memory; independent of ``backends.hf.batch_size``)."""
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -58,52 +73,249 @@ def row_seed(seed: int, index: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:8], "little") & (2**63 - 1)
 
 
-# Left padding of each row of the batch being run, read by the row-wise attention below.
-_ROW_PADS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("mrlite_row_pads", default=None)
+# ----------------------------------------------------------------------------------------------------------------
+# Shared-prefix KV and batched decode: the model stays transformers' own; this attention function owns the KV.
 
 
-def rowwise_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """Attention on each row's unpadded keys, exactly as if the row ran alone (rows with equal padding together).
+class _Node:
+    """A run of prompt tokens ``[start, end)`` shared by several requests (or one request's own tail, a leaf).
 
-    Why: with a padding mask, SDPA takes another kernel and sums over a longer row, so a left-padded prompt's
-    bf16 logits differ from the unpadded ones by a few ulps (0.375 on SmolLM2's logits), and 12 of 16 greedy
-    rows then diverged between batch sizes 1 and 16. bf16 linear layers on CPU are row-independent, so with this
-    the rows of a batch are bit-identical to batch size 1 (``benchmarks/hf_generate.py --determinism``). The
-    padded queries get zeros; nothing reads them. Registered as ``attn_implementation="mrlite_rowwise"``; the
-    model then builds no 4-D mask and passes ``attention_mask=None``.
+    ``k``/``v`` hold its keys/values per layer, ``[kv_heads, end - start, head_dim]`` in float32, computed once
+    with its ancestors (``parent`` chain) as context and then read by every row below it.
     """
-    pads = _ROW_PADS.get()
-    n_rep = getattr(module, "num_key_value_groups", 1)
-    batch, heads, q_len, dim = query.shape
-    k_len = key.shape[2]
-    pads = pads if pads is not None else [0] * batch
-    out = query.new_zeros(batch, q_len, heads, dim)
-    b0 = 0
-    while b0 < batch:  # one SDPA call per run of rows with the same padding (the n samples of a request)
-        p = pads[b0]
-        b1 = b0 + 1
-        while b1 < batch and pads[b1] == p:
-            b1 += 1
-        q0 = max(p - (k_len - q_len), 0)
-        q = query[b0:b1, :, q0:]
-        k = key[b0:b1, :, p:]
-        v = value[b0:b1, :, p:]
-        if n_rep > 1:
-            k = k.repeat_interleave(n_rep, dim=1)
-            v = v.repeat_interleave(n_rep, dim=1)
-        lq, lk = q.shape[2], k.shape[2]
-        mask = None
-        if 1 < lq < lk:  # queries at the end of a longer key row: bottom-right aligned causal mask
-            mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(diagonal=lk - lq)
+
+    __slots__ = ("end", "k", "parent", "start", "tokens", "v")
+
+    def __init__(self, start: int, tokens: list[int], parent: _Node | None, layers: int):
+        self.start, self.end, self.tokens, self.parent = start, start + len(tokens), tokens, parent
+        self.k: list[torch.Tensor | None] = [None] * layers
+        self.v: list[torch.Tensor | None] = [None] * layers
+
+    @property
+    def path(self) -> list[_Node]:
+        """Ancestors root first (this node excluded)."""
+        out, n = [], self.parent
+        while n is not None:
+            out.append(n)
+            n = n.parent
+        return out[::-1]
+
+
+def prefix_tree(prompts: dict[int, list[int]], min_shared: int, layers: int) -> dict[int, _Node | None]:
+    """The deepest shared node of each prompt, in a radix tree of the prompts' token ids.
+
+    A node is made where at least two prompts share ``min_shared`` or more tokens past their parent node; each
+    prompt keeps at least its last token out of every shared node (its first sampled token needs the logits
+    there). Depends only on the set of prompts, not on their order or on the batch size.
+    """
+    keys = sorted(prompts, key=lambda k: (prompts[k], k))
+    deepest: dict[int, _Node | None] = {}
+
+    def split(ks: list[int], depth: int, parent: _Node | None) -> None:
+        stack = [(ks, depth, parent)]
+        while stack:
+            ks, depth, parent = stack.pop()
+            if len(ks) < 2:
+                deepest.update((k, parent) for k in ks)
+                continue
+            a, b = prompts[ks[0]], prompts[ks[-1]]  # sorted: the group's common prefix is theirs
+            limit = min(len(prompts[k]) for k in ks) - 1
+            lcp = depth
+            while lcp < limit and a[lcp] == b[lcp]:
+                lcp += 1
+            node = parent
+            if lcp - depth >= min_shared:
+                node = _Node(depth, a[depth:lcp], parent, layers)
+                depth = lcp
+            groups: dict[int, list[int]] = {}
+            for k in ks:
+                groups.setdefault(prompts[k][lcp], []).append(k)
+            if len(groups) < 2:  # only when a prompt ends right after the shared part
+                deepest.update((k, node) for k in ks)
+                continue
+            stack.extend((g, depth, node) for g in groups.values())
+
+    split(keys, 0, None)
+    return deepest
+
+
+@dataclass
+class _Prefill:
+    """Attention plan of a prefill forward: row ``j`` holds ``nodes[j]``'s tokens, left-padded by ``pads[j]``."""
+
+    nodes: list[_Node]
+    pads: list[int]
+
+
+@dataclass
+class _Decode:
+    """Attention plan of a decode step.
+
+    Each row's keys are its shared nodes (``segments``: ``(a, b, node)`` = rows ``a:b`` read ``node``) plus its
+    private buffer ``kbuf/vbuf[layer]`` (``[rows, kv_heads, cap, head_dim]``: its prompt tail, then the tokens it
+    generated) whose first ``lengths[r]`` slots are valid once this step's key is written at ``lengths[r] - 1``.
+    """
+
+    kbuf: list[torch.Tensor]
+    vbuf: list[torch.Tensor]
+    write: torch.Tensor  # slot of this step's key per row
+    width: int  # slots read this step (max valid length)
+    masked: torch.Tensor | None  # [rows, 1, 1, width] True where a slot is not valid yet (None: all valid)
+    runs: list[tuple[int, int, int]] | None  # exact mode: (a, b, length) runs of rows with equal valid length
+    segments: list[tuple[int, int, _Node]]
+
+
+_PLAN: contextvars.ContextVar[_Prefill | _Decode | None] = contextvars.ContextVar("mrlite_plan", default=None)
+_MASKS: dict[tuple[int, int], torch.Tensor] = {}
+
+
+def _tail_causal(lq: int, lk: int, device) -> torch.Tensor:
+    """Bool mask of ``lq`` queries at the end of ``lk`` keys (bottom-right aligned causal)."""
+    key = (lq, lk)
+    m = _MASKS.get(key)
+    if m is None or m.device != device:
+        m = torch.ones(lq, lk, dtype=torch.bool, device=device).tril(diagonal=lk - lq)
+        if len(_MASKS) > 256:
+            _MASKS.clear()
+        _MASKS[key] = m
+    return m
+
+
+def _softmax_parts(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, masked: torch.Tensor | None = None):
+    """Unnormalised attention of ``q @ k^T`` (q pre-scaled): running max, sum of weights, weighted values."""
+    s = torch.matmul(q, k.transpose(-1, -2))
+    if masked is not None:
+        s.masked_fill_(masked, float("-inf"))
+    m = s.amax(-1, keepdim=True)
+    p = s.sub_(m).exp_()
+    return m, p.sum(-1, keepdim=True), torch.matmul(p, v)
+
+
+def prefix_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """Attention over shared-prefix nodes + per-row buffers, as planned by ``HFGenerator`` (``_PLAN``).
+
+    Prefill: row ``j`` is node ``j``'s tokens; its keys are its ancestors' stored keys then its own (exactly
+    unpadded, one SDPA call per node), and its own keys/values are stored on the node. Decode: each row's new
+    key goes into its private buffer; attention runs on the buffer (one batched masked matmul, or in exact mode
+    one per run of rows with equal length) and on each shared node once for all rows below it (queries stacked
+    into one matmul), merged by log-sum-exp. Without a plan (a plain ``model(...)`` call) it is causal SDPA.
+    Registered as ``attn_implementation="mrlite_prefix"``: the model then builds no mask and, called with
+    ``use_cache=False``, keeps no cache of its own.
+    """
+    plan = _PLAN.get()
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    dtype = query.dtype
+    if plan is None:
+        lq, lk = query.shape[2], key.shape[2]
+        mask = _tail_causal(lq, lk, query.device) if 1 < lq < lk else None
         o = torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, scale=scaling, is_causal=mask is None and lq > 1 and lq == lk
-        )
-        out[b0:b1, q0:] = o.transpose(1, 2)
-        b0 = b1
-    return out, None
+            query, key, value, attn_mask=mask, scale=scale, is_causal=mask is None and lq > 1, enable_gqa=True)
+        return o.transpose(1, 2), None
+    li = module.layer_idx
+    batch, heads, q_len, dim = query.shape
+    kvh = key.shape[1]
+    rep = heads // kvh
+    if isinstance(plan, _Prefill):
+        out = query.new_zeros(batch, q_len, heads, dim)
+        for j, (node, pad) in enumerate(zip(plan.nodes, plan.pads, strict=True)):
+            k_own = key[j, :, pad:].float().contiguous()
+            v_own = value[j, :, pad:].float().contiguous()
+            node.k[li], node.v[li] = k_own, v_own
+            anc = node.path
+            k = torch.cat([a.k[li] for a in anc] + [k_own], dim=1) if anc else k_own
+            v = torch.cat([a.v[li] for a in anc] + [v_own], dim=1) if anc else v_own
+            q = query[j : j + 1, :, pad:].float()
+            lq, lk = q.shape[2], k.shape[1]
+            mask = _tail_causal(lq, lk, q.device) if lq < lk else None
+            o = torch.nn.functional.scaled_dot_product_attention(
+                q, k[None], v[None], attn_mask=mask, scale=scale, is_causal=mask is None and lq > 1,
+                enable_gqa=True)
+            out[j, pad:] = o[0].transpose(0, 1).to(dtype)
+        return out, None
+    # decode: one query per row
+    rows = torch.arange(batch, device=query.device)
+    kb, vb = plan.kbuf[li], plan.vbuf[li]
+    kb[rows, :, plan.write] = key[:, :, 0].float()
+    vb[rows, :, plan.write] = value[:, :, 0].float()
+    q = (query[:, :, 0].float() * scale).reshape(batch, kvh, rep, dim)
+    if plan.runs is None:
+        m, lsum, o = _softmax_parts(q, kb[:, :, : plan.width], vb[:, :, : plan.width], plan.masked)
+    else:  # exact: each run of rows reads exactly its valid slots, as if it ran alone
+        m = q.new_empty(batch, kvh, rep, 1)
+        lsum = q.new_empty(batch, kvh, rep, 1)
+        o = q.new_empty(batch, kvh, rep, dim)
+        for a, b, n in plan.runs:
+            m[a:b], lsum[a:b], o[a:b] = _softmax_parts(q[a:b], kb[a:b, :, :n], vb[a:b, :, :n])
+    for a, b, node in plan.segments:
+        n = b - a
+        qs = q[a:b].transpose(0, 1).reshape(kvh, n * rep, dim)
+        ms, ls, os_ = (x.view(kvh, n, rep, -1).transpose(0, 1) for x in _softmax_parts(qs, node.k[li], node.v[li]))
+        mm = torch.maximum(m[a:b], ms)
+        c1, c2 = (m[a:b] - mm).exp_(), (ms - mm).exp_()
+        o[a:b] = o[a:b] * c1 + os_ * c2
+        lsum[a:b] = lsum[a:b] * c1 + ls * c2
+        m[a:b] = mm
+    return (o / lsum).reshape(batch, 1, heads, dim).to(dtype), None
 
 
-AttentionInterface.register(ROWWISE_ATTENTION, rowwise_attention)
+AttentionInterface.register(PREFIX_ATTENTION, prefix_attention)
+
+
+class _SharedState:
+    """Decode state of one batch: private key/value buffers per layer, each row's valid length and position,
+    and its shared nodes."""
+
+    def __init__(self, kbuf, vbuf, lengths: torch.Tensor, pos: torch.Tensor, paths: list[list[_Node]],
+                 exact: bool):
+        self.kbuf, self.vbuf, self.lengths, self.pos, self.paths, self.exact = kbuf, vbuf, lengths, pos, paths, exact
+        self._segments = self._find_segments()
+
+    def _find_segments(self) -> list[tuple[int, int, _Node]]:
+        """Maximal runs of neighbouring rows under the same shared node (rows are in prompt order)."""
+        segs = []
+        depth = max((len(p) for p in self.paths), default=0)
+        for d in range(depth):
+            a = 0
+            while a < len(self.paths):
+                node = self.paths[a][d] if d < len(self.paths[a]) else None
+                b = a + 1
+                while b < len(self.paths) and (self.paths[b][d] if d < len(self.paths[b]) else None) is node:
+                    b += 1
+                if node is not None:
+                    segs.append((a, b, node))
+                a = b
+        return segs
+
+    def select(self, keep: list[int]) -> None:
+        idx = torch.tensor(keep, device=self.lengths.device)
+        self.kbuf = [k.index_select(0, idx) for k in self.kbuf]
+        self.vbuf = [v.index_select(0, idx) for v in self.vbuf]
+        self.lengths, self.pos = self.lengths[idx], self.pos[idx]
+        self.paths = [self.paths[b] for b in keep]
+        self._segments = self._find_segments()
+
+    def plan(self) -> _Decode:
+        valid = self.lengths + 1
+        lens = valid.tolist()
+        width = max(lens)
+        masked = runs = None
+        if self.exact:
+            runs, a = [], 0
+            while a < len(lens):
+                b = a + 1
+                while b < len(lens) and lens[b] == lens[a]:
+                    b += 1
+                runs.append((a, b, lens[a]))
+                a = b
+        elif min(lens) < width:
+            slots = torch.arange(width, device=valid.device)
+            masked = (slots[None, :] >= valid[:, None])[:, None, None, :]
+        return _Decode(self.kbuf, self.vbuf, self.lengths, width, masked, runs, self._segments)
+
+    def advance(self) -> None:
+        self.lengths = self.lengths + 1
+        self.pos = self.pos + 1
+
 
 
 @dataclass
@@ -143,15 +355,22 @@ class HFGenerator:
         self.tokenizer = AutoTokenizer.from_pretrained(model, **kw)
         check_chat_template(self.tokenizer, recipe.model.base)
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=self.dtype, **kw).to(self.device).eval()
-        self.rowwise = False
-        # Row-wise attention only where padding noise matters and the loop is cheap: CPU, 16-bit weights. In fp32
-        # batched SDPA's padding noise (~4e-5 on logits) changed 0 of 32 rows; on a GPU the loop costs launches.
-        if self.device.type == "cpu" and self.dtype != torch.float32:
-            try:
-                self.model.set_attn_implementation(ROWWISE_ATTENTION)
-                self.rowwise = self.model.config._attn_implementation == ROWWISE_ATTENTION
-            except (ValueError, KeyError, NotImplementedError) as e:
-                log.info("row-wise attention unavailable for %s (%s); batch rows may differ in the last bits", model, e)
+        # Shared-prefix KV and batched decode run through our attention function (transformers' Llama etc.
+        # accept it); a model that refuses it falls back to one prefill per request and a DynamicCache.
+        self.shared = True
+        try:
+            self.model.set_attn_implementation(PREFIX_ATTENTION)
+            self.shared = self.model.config._attn_implementation == PREFIX_ATTENTION
+        except (ValueError, KeyError, NotImplementedError) as e:
+            self.shared = False
+            log.info("shared-prefix attention unavailable for %s (%s); prompts are prefilled one by one", model, e)
+        # Exact mode: rows read exactly their own key slots (no padding in any reduction), so a row's bits do not
+        # depend on its batch neighbours. Worth its per-row loop where padding noise flips tokens: 16-bit on CPU.
+        # In fp32 the padded reduction's noise (~1e-6 on logits) changed 0 of 32 SmolLM2 rows.
+        self.rowwise = self.shared and self.device.type == "cpu" and self.dtype != torch.float32
+        self.min_shared_tokens = MIN_SHARED_TOKENS
+        self.prefill_tokens = PREFILL_TOKENS
+        self.n_layers = self.model.config.num_hidden_layers
         limit = getattr(self.model.config, "max_position_embeddings", None) or recipe.model.max_model_len
         self.max_model_len = min(recipe.model.max_model_len, limit)
         self.eos_ids = self._eos_ids()
@@ -183,8 +402,15 @@ class HFGenerator:
                     f"model.max_model_len={self.max_model_len}; drop such prompts first (prompt_lengths)"
                 )
             budget.append(min(sampling.max_new_tokens, room))
-        # Longest prompts first, a request's samples adjacent: little padding and one prefill per request.
-        order = sorted(range(len(requests)), key=lambda i: -len(prompts[i]))
+        if self.shared:
+            # Prompts in token order, so requests sharing a prefix are neighbours (one shared node per batch);
+            # the radix tree of the whole call decides which prefixes get a node computed once for all batches.
+            order = sorted(range(len(requests)), key=lambda i: (prompts[i], i))
+            tree = prefix_tree({i: prompts[i] for i in order if requests[i].n > 0}, self.min_shared_tokens,
+                               self.n_layers)
+        else:  # longest prompts first, a request's samples adjacent: little padding, one prefill per request
+            order = sorted(range(len(requests)), key=lambda i: -len(prompts[i]))
+            tree = None
         rows = [(i, j) for i in order for j in range(requests[i].n)]
         out: dict[tuple[int, int], _Row] = {}
         with tqdm(total=len(rows), unit="seq", desc="generate", disable=None, leave=False) as bar:
@@ -197,6 +423,7 @@ class HFGenerator:
                     keys=[i for i, _ in batch],
                     forces=[requests[i].force for i, _ in batch],
                     sampling=sampling,
+                    tree=tree,
                 )
                 out.update(zip(batch, done, strict=True))
                 bar.update(len(batch))
@@ -245,12 +472,121 @@ class HFGenerator:
             ids = ids["input_ids"]
         return list(ids)
 
-    def _forward(self, pads: list[int], **kw):
-        token = _ROW_PADS.set(pads)
+    def _run(self, plan, **kw):
+        token = _PLAN.set(plan)
         try:
-            return self.model(**kw)
+            return self.model(use_cache=False, **kw).logits[:, -1]
         finally:
-            _ROW_PADS.reset(token)
+            _PLAN.reset(token)
+
+    def _prefill(self, nodes: list[_Node]) -> torch.Tensor:
+        """Compute ``nodes``' keys/values (their ancestors are done) and the logits after each node's last token.
+
+        Nodes are packed shortest first into forwards of at most ``prefill_tokens`` padded tokens, left-padded
+        so every node's last token is the last column.
+        """
+        order = sorted(range(len(nodes)), key=lambda j: (len(nodes[j].tokens), j))
+        logits: list[torch.Tensor | None] = [None] * len(nodes)
+        i = 0
+        while i < len(order):
+            j, width = i + 1, len(nodes[order[i]].tokens)
+            while j < len(order) and len(nodes[order[j]].tokens) * (j - i + 1) <= self.prefill_tokens:
+                width = len(nodes[order[j]].tokens)
+                j += 1
+            group = [nodes[x] for x in order[i:j]]
+            ids = torch.full((len(group), width), self.pad_id, dtype=torch.long)
+            pos = torch.zeros((len(group), width), dtype=torch.long)
+            pads = []
+            for r, n in enumerate(group):
+                pad = width - len(n.tokens)
+                ids[r, pad:] = torch.tensor(n.tokens, dtype=torch.long)
+                pos[r, pad:] = torch.arange(n.start, n.end)
+                pos[r, :pad] = n.start
+                pads.append(pad)
+            out = self._run(_Prefill(group, pads), input_ids=ids.to(self.device), position_ids=pos.to(self.device),
+                            logits_to_keep=1)
+            for r, x in enumerate(order[i:j]):
+                logits[x] = out[r]
+            i = j
+        return torch.stack(logits)
+
+    def _start_shared(self, prompts: list[list[int]], keys: list[int], cap: int, tree: dict | None):
+        """Prefill a batch (shared nodes once per call, each request's own tail once per batch) and lay out the
+        rows' private buffers; returns the first logits per row and the decode state."""
+        uniq: dict[int, int] = {}
+        for k in keys:
+            uniq.setdefault(k, len(uniq))
+        first = {k: r for r, k in reversed(list(enumerate(keys)))}
+        if tree is None:
+            tree = prefix_tree({k: prompts[first[k]] for k in uniq}, self.min_shared_tokens, self.n_layers)
+        todo: dict[int, tuple[int, _Node]] = {}
+        for k in uniq:
+            node = tree[k]
+            while node is not None and node.k[0] is None:
+                todo[id(node)] = (len(node.path), node)
+                node = node.parent
+        for depth in sorted({d for d, _ in todo.values()}):  # parents before children
+            self._prefill([n for d, n in todo.values() if d == depth])
+        leaves = []
+        for k in uniq:
+            parent = tree[k]
+            start = parent.end if parent is not None else 0
+            leaves.append(_Node(start, prompts[first[k]][start:], parent, self.n_layers))
+        logits = self._prefill(leaves)
+        row_leaf = [leaves[uniq[k]] for k in keys]
+        sel = torch.tensor([uniq[k] for k in keys], device=self.device)
+        kvh, _, hd = leaves[0].k[0].shape
+        width = max(len(n.tokens) for n in leaves) + cap
+        kbuf, vbuf = [], []
+        for li in range(self.n_layers):
+            kb = torch.zeros(len(keys), kvh, width, hd, device=self.device)
+            vb = torch.zeros(len(keys), kvh, width, hd, device=self.device)
+            for r, leaf in enumerate(row_leaf):
+                kb[r, :, : len(leaf.tokens)] = leaf.k[li]
+                vb[r, :, : len(leaf.tokens)] = leaf.v[li]
+            kbuf.append(kb)
+            vbuf.append(vb)
+        for leaf in leaves:
+            leaf.k = leaf.v = []
+        state = _SharedState(kbuf, vbuf, torch.tensor([len(n.tokens) for n in row_leaf], device=self.device),
+                             torch.tensor([len(prompts[r]) for r in range(len(keys))], device=self.device),
+                             [n.path for n in row_leaf], self.rowwise)
+        return logits[sel], state
+
+    def _step_shared(self, state: _SharedState, feed: list[int], keep: list[int]) -> torch.Tensor:
+        if len(keep) < len(state.paths):  # drop finished rows so they cost nothing
+            state.select(keep)
+        tok = torch.tensor(feed, device=self.device)
+        logits = self._run(state.plan(), input_ids=tok[:, None], position_ids=state.pos[:, None])
+        state.advance()
+        return logits
+
+    def _start_plain(self, prompts: list[list[int]], keys: list[int]):
+        """Fallback for models that refuse our attention function: left-padded prefill of each request once,
+        expanded to its rows, decoded with a DynamicCache."""
+        uniq: dict[int, int] = {}
+        for k in keys:
+            uniq.setdefault(k, len(uniq))
+        first = {k: r for r, k in reversed(list(enumerate(keys)))}
+        ids, mask, pos, _ = self._left_pad([prompts[first[k]] for k in uniq])
+        cache = DynamicCache()
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                            use_cache=True, logits_to_keep=1).logits[:, -1]
+        sel = torch.tensor([uniq[k] for k in keys], device=self.device)
+        cache.batch_select_indices(sel)
+        return logits[sel], {"cache": cache, "mask": mask[sel], "pos": pos[sel, -1] + 1, "n": len(keys)}
+
+    def _step_plain(self, state: dict, feed: list[int], keep: list[int]) -> torch.Tensor:
+        if len(keep) < state["n"]:
+            idx = torch.tensor(keep, device=self.device)
+            state["cache"].batch_select_indices(idx)
+            state["mask"], state["pos"], state["n"] = state["mask"][idx], state["pos"][idx], len(keep)
+        state["mask"] = torch.cat([state["mask"], state["mask"].new_ones((state["n"], 1))], dim=1)
+        tok = torch.tensor(feed, device=self.device)
+        logits = self.model(input_ids=tok[:, None], attention_mask=state["mask"], position_ids=state["pos"][:, None],
+                            past_key_values=state["cache"], use_cache=True).logits[:, -1]
+        state["pos"] = state["pos"] + 1
+        return logits
 
     def _left_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
         width = max(len(s) for s in seqs)
@@ -265,31 +601,25 @@ class HFGenerator:
     @torch.inference_mode()
     def _generate_batch(
         self, *, prompts: list[list[int]], seeds: list[int], budgets: list[int], keys: list[int],
-        forces: list[str | None], sampling: Sampling,
+        forces: list[str | None], sampling: Sampling, tree: dict | None = None,
     ) -> list[_Row]:
-        """Sample one continuation per row; rows sharing a key (= request) share one prefill.
+        """Sample one continuation per row; rows sharing a key (= request) share one prefill of its own tokens,
+        and requests share the nodes of ``tree`` (``prefix_tree`` of the whole call; built from this batch when
+        None).
 
         Forced completion happens in the same loop: a finished row whose text lacks its label is fed
-        ``"\n" + label`` token by token through its own KV cache (no second prefill), and the logits after the
+        ``"\n" + label`` token by token through its own KV (no second prefill), and the logits after the
         last label token pick the value: sampled among the allowed tokens with the row's generator (argmax at
         temperature 0), so the pick is as reproducible as the text.
         """
-        uniq: dict[int, int] = {}
-        for k in keys:
-            uniq.setdefault(k, len(uniq))
-        first = {k: r for r, k in reversed(list(enumerate(keys)))}
-        ids, mask, pos, upads = self._left_pad([prompts[first[k]] for k in uniq])
-        cache = DynamicCache()
-        logits = self._forward(
-            upads, input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
-            logits_to_keep=1,
-        ).logits[:, -1]
-        # Expand the prefilled prompts to one row per sample (the prompt is not re-encoded n times).
-        sel = torch.tensor([uniq[k] for k in keys], device=self.device)
-        cache.batch_select_indices(sel)
-        logits, mask, next_pos = logits[sel], mask[sel], pos[sel, -1] + 1
-        pads = [upads[uniq[k]] for k in keys]
-        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        if self.shared:
+            reserve = max((len(self._forcing_for(f).prefix) for f in forces if f), default=0)
+            logits, state = self._start_shared(prompts, keys, max(budgets) + reserve + 2, tree)
+            step = self._step_shared
+        else:
+            logits, state = self._start_plain(prompts, keys)
+            step = self._step_plain
+        gens = [row_rng(s) for s in seeds]
         rows = [_Row() for _ in prompts]
         queue: list[list[int] | None] = [None] * len(prompts)  # label tokens still to feed (forcing mode)
         live = list(range(len(prompts)))  # batch position -> row
@@ -323,26 +653,17 @@ class HFGenerator:
                     allowed = logits[b, f.choices].float()
                     if sampling.temperature > 0:
                         probs = torch.softmax(allowed / sampling.temperature, -1)
-                        pick = int(torch.multinomial(probs, 1, generator=gens[r]))
+                        cdf = probs.double().cumsum(0)
+                        pick = min(int(torch.searchsorted(cdf, gens[r].random() * float(cdf[-1]), right=True)),
+                                   len(f.choices) - 1)
                     else:
                         pick = int(torch.argmax(allowed))
                     row.forced = f.texts[pick]
                     row.forced_tokens = len(f.prefix) + 1
             if not keep:
                 break
-            if len(keep) < len(live):  # drop finished rows so they cost nothing
-                idx = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(idx)
-                mask, next_pos = mask[idx], next_pos[idx]
-                live = [live[b] for b in keep]
-                pads = [pads[b] for b in keep]
-            mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
-            tok = torch.tensor(feed, device=self.device)
-            logits = self._forward(
-                pads, input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                past_key_values=cache, use_cache=True,
-            ).logits[:, -1]
-            next_pos = next_pos + 1
+            live = [live[b] for b in keep]
+            logits = step(state, feed, keep)
         for row, force in zip(rows, forces, strict=True):
             if row.forced is not None:
                 label = SCORE_LABEL if force == "score" else WINNER_LABEL
@@ -367,14 +688,22 @@ class HFGenerator:
         return self._forcing[force]
 
 
-def sample_next(logits: torch.Tensor, gens: list[torch.Generator], temperature: float, top_p: float) -> torch.Tensor:
+def row_rng(seed: int) -> np.random.Generator:
+    """A row's own random stream (numpy PCG64): ~14x faster per uniform than a seeded ``torch.Generator`` on CPU,
+    which made drawing the noise cost more than the LM head's matmul."""
+    return np.random.Generator(np.random.PCG64(seed))
+
+
+def sample_next(logits: torch.Tensor, gens: list[np.random.Generator], temperature: float, top_p: float
+                ) -> torch.Tensor:
     """Next token per row: greedy at temperature 0, else temperature + nucleus sampling by the Gumbel-max trick.
 
     Each row draws one uniform per vocabulary entry per step from its own generator, so its draws do not depend
     on the other rows of the batch. Gumbel-max (argmax of logits/T + noise, the noise indexed by token id) is used
     rather than an inverse CDF over sorted probabilities because a last-bit change in the logits (batched matmuls
     differ from unbatched ones) then flips the pick only when the two best perturbed scores nearly tie, instead of
-    whenever the sort order or the cumulative sums shift.
+    whenever the sort order or the cumulative sums shift. It is computed in its exponential-race form,
+    ``probs / -log(u)``, which orders tokens exactly as ``logits/T - log(-log(u))`` does with one log instead of two.
 
     Top-p without sorting the vocabulary (a sort costs ~4 ms per row on CPU): walk the tokens in order of
     perturbed score and take the first inside the nucleus, i.e. whose more likely tokens hold less than
@@ -385,25 +714,21 @@ def sample_next(logits: torch.Tensor, gens: list[torch.Generator], temperature: 
         return logits.argmax(-1)
     scores = logits.float() / temperature
     vocab = scores.shape[-1]
-    u = torch.stack([torch.rand(vocab, generator=g) for g in gens]).to(scores.device)
-    perturbed = scores + _gumbel(u)
+    u = torch.from_numpy(np.stack([g.random(vocab, dtype=np.float32) for g in gens])).to(scores.device)
+    probs = torch.softmax(scores, dim=-1)
+    perturbed = probs / -torch.log(u)
     if top_p >= 1.0:
         return perturbed.argmax(-1)
-    probs = torch.softmax(scores, dim=-1)
     cand = perturbed.topk(min(8, vocab), dim=-1).indices  # best first
     choice = probs.argmax(-1)  # inside every nucleus; kept only if 8 candidates all fall outside (< 0.05**8)
     found = torch.zeros_like(choice, dtype=torch.bool)
     for j in range(cand.shape[1]):
         c = cand[:, j]
         pc = probs.gather(-1, c[:, None])
-        inside = (probs * (probs > pc)).sum(-1) < top_p
+        inside = torch.where(probs > pc, probs, 0.0).sum(-1) < top_p
         take = inside & ~found
         choice = torch.where(take, c, choice)
         found |= take
         if bool(found.all()):
             break
     return choice
-
-
-def _gumbel(u: torch.Tensor) -> torch.Tensor:
-    return -torch.log(-torch.log(u.clamp_min(1e-20)))
