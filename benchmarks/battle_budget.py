@@ -2,7 +2,7 @@
 
 The paper runs the meta-judge on every ordered pair of the selected response's N = 11 judgments
 (N·(N−1) = 110 calls per prompt, arXiv 2407.19594 §2.2), the dominant cost of an iteration.
-``mrlite.battles.battle_schedule(n, budget, rng)`` schedules only ``budget // 2`` unordered pairs (both orders
+``mrlite.core.battles.battle_schedule(n, budget, rng)`` schedules only ``budget // 2`` unordered pairs (both orders
 each, balanced over players). This benchmark simulates Bradley-Terry players — latent judgment quality
 θ ~ N(0, spread²) — and a meta-judge with positional bias, P(A wins) = σ(θ_A − θ_B + bias), that names no
 winner 4 % of the time. For each simulated prompt it draws all 110 outcomes once; the full design uses all of
@@ -25,8 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mrlite.battles import battle_schedule
-from mrlite.pairs import select_judge_pairs
+from mrlite.core.battles import battle_schedule
+from mrlite.core.selection import select_judge_pairs
 
 N_PLAYERS = 11
 BUDGETS: list[int | str] = [10, 20, 30, 40, 60, 80, "all"]

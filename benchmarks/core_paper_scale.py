@@ -24,16 +24,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mrlite.diagnostics import mean_score
-from mrlite.battles import battle_schedule
-from mrlite.pairs import (
+from mrlite.core.diagnostics import mean_score
+from mrlite.core.battles import battle_schedule
+from mrlite.core.selection import (
     highest_variance,
     select_actor_pair,
     select_judge_pair,
     select_judge_pairs,
     winner_matrix,
 )
-from mrlite.parsing import parse_score, parse_winner
+from mrlite.core.parsing import parse_score, parse_winner
 
 K_RESPONSES = 7
 N_JUDGMENTS = 11

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mrlite.distributed import train_call
+from mrlite.scale.distributed import train_call
 from mrlite.models import resolve_model
 from mrlite.recipe import recipe_from_dict
 

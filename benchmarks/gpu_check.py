@@ -153,7 +153,7 @@ def check_recipe(model: str, **sections):
 
 def requests(n_prompts: int, n: int, force: str | None = None):
     from mrlite.backends.base import GenRequest
-    from mrlite.prompts import render_judge
+    from mrlite.core.prompts import render_judge
 
     prompts = [t for t in corpus() if 10 < len(t) < 400][:n_prompts]
     if force == "score":

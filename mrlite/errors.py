@@ -3,7 +3,7 @@
 ``MrliteError`` is the base of every error a user can fix (recipe, run directory, stage input, backend, model,
 data source, endpoint, evaluation, report): its message is one line saying what is wrong, where, and how to fix
 it. The CLI turns any of them into one ``Error: …`` line and exit code 1. This module imports no other mrlite
-module (and no click) at import time, so every layer can import it. Used by ``cli.py``, ``cli_data.py`` and ``cli_eval.py``.
+module (and no click) at import time, so every layer can import it. Used by ``cli/__init__.py``, ``cli/data.py`` and ``cli/eval.py``.
 """
 
 from __future__ import annotations

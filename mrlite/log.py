@@ -1,6 +1,6 @@
 """Logging set-up: console (INFO, plain lines) and the run's ``log.txt`` (DEBUG, timestamped).
 
-Library modules log through ``logging.getLogger(__name__)``; only ``cli.py`` talks to the terminal directly.
+Library modules log through ``logging.getLogger(__name__)``; only ``cli/__init__.py`` talks to the terminal directly.
 
 A quiet console: the console shows mrlite's own stage lines and progress bars. In a stage subprocess,
 :func:`quiet_libraries` sends everything else the process writes — TRL's per-step metric dicts, "Loading

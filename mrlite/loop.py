@@ -38,7 +38,7 @@ from mrlite.stages import (
     stage_iterations,
     state,
 )
-from mrlite.track import log_stage
+from mrlite.hub.track import log_stage
 
 log = logging.getLogger(__name__)
 
@@ -155,10 +155,10 @@ def _preflight(recipe: Recipe, rd: RunDir, steps: list[tuple[int, str]], force: 
             todo.append(s)
     if not todo:
         return
-    from mrlite.track import check_trackers
+    from mrlite.hub.track import check_trackers
 
     check_trackers(recipe)
-    from mrlite import gpu
+    from mrlite.hardware import gpu
 
     # nvidia-smi only: the orchestrator never imports torch (and never creates a CUDA context).
     gpu.preflight(recipe, devices=gpu.gpus(use_torch=False) if gpu.uses_gpu(recipe) else None)
@@ -174,7 +174,7 @@ def _preflight(recipe: Recipe, rd: RunDir, steps: list[tuple[int, str]], force: 
         ctx0 = StageContext(recipe, rd, 0)
         g = recipe.data.growing()
         if "prompts" in todo and g is not None and prompts_stage.inputs(ctx0):
-            from mrlite.sources import load_prompt_pool
+            from mrlite.data.sources import load_prompt_pool
 
             seeds = load_prompt_pool(g.seeds, g.seeds_column, g.seeds_split)
             if len(seeds.prompts) < g.shots:
@@ -197,7 +197,7 @@ def _preflight(recipe: Recipe, rd: RunDir, steps: list[tuple[int, str]], force: 
 
         load_source(recipe)  # the Open Assistant source: reachable, English ranked prompts left
     if "eft" in todo and not recipe.eft.data.startswith("oasst:"):
-        from mrlite.sources import load_eft_rows
+        from mrlite.data.sources import load_eft_rows
 
         load_eft_rows(recipe.eft.data)
 

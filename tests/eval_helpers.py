@@ -99,7 +99,7 @@ def run(smoke_run, tmp_path) -> Path:
 
 def alpacaeval_reference(annotations: list[dict]) -> tuple[float, float]:
     """AlpacaEval 2's length-controlled win rate without its instruction-difficulty term, written directly from
-    its definition (independent of mrlite.winrate): ``(raw win rate, LC win rate)`` from AlpacaEval annotation rows.
+    its definition (independent of mrlite.eval.winrate): ``(raw win rate, LC win rate)`` from AlpacaEval annotation rows.
 
     Preference p = ``preference`` − 1 (AlpacaEval's 0 = draw counts ½); Δ = len(output_1) − len(output_2) in
     characters (baseline minus model, as AlpacaEval), scaled by its sample std (ddof 1); logistic model

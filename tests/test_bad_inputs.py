@@ -221,7 +221,7 @@ def test_unreachable_hub_source_names_offline_mode(tmp_path: Path) -> None:
 
 
 def test_hub_hint_names_the_token_when_online(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mrlite.sources import hub_hint
+    from mrlite.data.sources import hub_hint
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     assert "HF_TOKEN" in hub_hint() and "HF_HUB_OFFLINE" not in hub_hint()

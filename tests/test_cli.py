@@ -231,16 +231,16 @@ def test_every_user_error_is_one_mrlite_error_the_cli_reports_as_one_line() -> N
     import click
 
     from mrlite.backends import BackendError
-    from mrlite.endpoint import EndpointError
+    from mrlite.eval.endpoint import EndpointError
     from mrlite.errors import MrliteError, user_errors
-    from mrlite.evaluate import EvalError
-    from mrlite.gpu import PreflightError
+    from mrlite.eval.run import EvalError
+    from mrlite.hardware.gpu import PreflightError
     from mrlite.loop import StageFailed
     from mrlite.models import ModelError
     from mrlite.recipe import RecipeError
     from mrlite.report import ReportError
     from mrlite.rundir import RunDirError
-    from mrlite.sources import SourceError
+    from mrlite.data.sources import SourceError
     from mrlite.stages import StageError
 
     kinds = (RecipeError, RunDirError, StageError, StageFailed, BackendError, PreflightError, SourceError,

@@ -216,7 +216,7 @@ def trl_config_keys(kind: str, tmp_path: Path, monkeypatch) -> set[str]:
     """Every DPOConfig/SFTConfig field either trainer backend sets, from their own builders."""
     import types
 
-    import mrlite.gpu
+    import mrlite.hardware.gpu
     from mrlite.backends import train_core as core
     from mrlite.backends.trl import TRLTrainer
     from mrlite.backends.unsloth import UnslothTrainer
@@ -225,7 +225,7 @@ def trl_config_keys(kind: str, tmp_path: Path, monkeypatch) -> set[str]:
     fake = types.ModuleType("unsloth")
     fake.is_bfloat16_supported = lambda: True
     monkeypatch.setitem(__import__("sys").modules, "unsloth", fake)
-    monkeypatch.setattr(mrlite.gpu, "gpus", lambda use_torch=True: [mrlite.gpu.GPUInfo(0, "H100", 79.2, (9, 0))])
+    monkeypatch.setattr(mrlite.hardware.gpu, "gpus", lambda use_torch=True: [mrlite.hardware.gpu.GPUInfo(0, "H100", 79.2, (9, 0))])
     base = tmp_path / "base"
     base.mkdir(exist_ok=True)
     (base / "config.json").write_text('{"vocab_size": 128256, "hidden_size": 4096, "num_hidden_layers": 32, '

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from eval_helpers import ScriptedGenerator
 
 from mrlite.cli import cli
-from mrlite.datagen import (
+from mrlite.data.datagen import (
     agreeing_rows,
     build_eft,
     downsample_score,
@@ -21,9 +21,9 @@ from mrlite.datagen import (
     is_heldout,
     ranked_tree,
 )
-from mrlite.oasst import RankedPrompt, human_agreement, load_ranked, order_agrees
+from mrlite.data.oasst import RankedPrompt, human_agreement, load_ranked, order_agrees
 from mrlite.rundir import read_jsonl
-from mrlite.sources import SourceError
+from mrlite.data.sources import SourceError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 MESSAGES = str(ASSETS / "oasst_messages.jsonl")

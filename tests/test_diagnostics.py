@@ -1,4 +1,4 @@
-"""Table tests for mrlite.diagnostics (the per-iteration numbers the paper reports).
+"""Table tests for mrlite.core.diagnostics (the per-iteration numbers the paper reports).
 
 Run: ``python -m pytest tests/test_diagnostics.py -q``.
 """
@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from mrlite.diagnostics import (
+from mrlite.core.diagnostics import (
     decision_rate,
     length_score_correlation,
     mean_score,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mrlite.distributed import DistributedError, launch, launch_args, launch_command, train_call
+from mrlite.scale.distributed import DistributedError, launch, launch_args, launch_command, train_call
 from mrlite.recipe import RecipeError, load_recipe
 
 
@@ -25,7 +25,7 @@ def test_ddp_uses_the_multi_process_launcher_with_a_fixed_port():
     assert args[args.index("--main_process_port") + 1] == "29123"
     cmd = launch_command(Path("r.yaml"), recipe(), 1, "dpo", Path("rows.jsonl"), "base", Path("out"), 29123)
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
-    assert cmd[cmd.index("-m", 3):cmd.index("-m", 3) + 2] == ["-m", "mrlite.distributed"]
+    assert cmd[cmd.index("-m", 3):cmd.index("-m", 3) + 2] == ["-m", "mrlite.scale.distributed"]
     assert cmd[-3:] == ["rows.jsonl", "base", "out"]
 
 

@@ -1,5 +1,5 @@
 """``mrlite doctor`` on this (CPU) machine and on a pretend GPU machine, the pin tables, and the GPU checks run
-before a recipe starts (``mrlite.gpu``): no CUDA, gated model without a token, bf16 on a T4, disk."""
+before a recipe starts (``mrlite.hardware.gpu``): no CUDA, gated model without a token, bf16 on a T4, disk."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 import mrlite
-import mrlite.hw
-import mrlite.gpu
+import mrlite.hardware.cpu
+import mrlite.hardware.gpu
 from mrlite.cli import cli
-from mrlite.doctor import CPU_PINS, GPU_PINS, Facts, install_commands, report
-from mrlite.gpu import GPUInfo, PreflightError, check_disk, is_gated, parse_nvidia_smi, preflight
+from mrlite.tools.doctor import CPU_PINS, GPU_PINS, Facts, install_commands, report
+from mrlite.hardware.gpu import GPUInfo, PreflightError, check_disk, is_gated, parse_nvidia_smi, preflight
 
 REPO = Path(__file__).resolve().parents[1]
 H100 = GPUInfo(0, "NVIDIA H100 80GB HBM3", 79.2, (9, 0))
@@ -108,9 +108,9 @@ def test_parse_nvidia_smi() -> None:
 
 def test_visible_devices(monkeypatch) -> None:
     gpus = parse_nvidia_smi("0, A, 1024, 8.0\n1, B, 2048, 8.0\n")
-    assert [g.name for g in mrlite.gpu._visible(gpus, {"CUDA_VISIBLE_DEVICES": "1"})] == ["B"]
-    assert mrlite.gpu._visible(gpus, {"CUDA_VISIBLE_DEVICES": ""}) == []
-    assert mrlite.gpu._visible(gpus, {}) == gpus
+    assert [g.name for g in mrlite.hardware.gpu._visible(gpus, {"CUDA_VISIBLE_DEVICES": "1"})] == ["B"]
+    assert mrlite.hardware.gpu._visible(gpus, {"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert mrlite.hardware.gpu._visible(gpus, {}) == gpus
 
 
 def no_token(env) -> bool:
@@ -133,7 +133,7 @@ def test_cpu_recipes_pass_without_a_gpu() -> None:
     probed: list[str] = []
     for name in ("tiny", "smoke"):
         r = recipe(name)
-        assert not mrlite.gpu.uses_gpu(r)
+        assert not mrlite.hardware.gpu.uses_gpu(r)
         assert preflight(r, devices=[], env={}, has_token=lambda env: probed.append("token") or False,
                          cached=lambda m: probed.append(m) or False) is None
     assert probed == []  # neither model is gated: no token asked for
@@ -183,7 +183,7 @@ def test_cpu_has_bf16(tmp_path) -> None:
     for flags, native in (("fpu sse avx2 avx512f avx512_bf16 amx_tile", True), ("amx_bf16 avx2", True),
                           ("fpu sse avx2 avx512f", False)):
         (tmp_path / "cpuinfo").write_text(f"flags : {flags}\n")
-        assert mrlite.hw.cpu_has_bf16(tmp_path / "cpuinfo") is native
+        assert mrlite.hardware.cpu.cpu_has_bf16(tmp_path / "cpuinfo") is native
 
 
 SMI_HEADER = ("| NVIDIA-SMI 550.54.15              Driver Version: 550.54.15      CUDA Version: 12.4     |\n"
@@ -191,16 +191,16 @@ SMI_HEADER = ("| NVIDIA-SMI 550.54.15              Driver Version: 550.54.15    
 
 
 def test_driver_cuda_mismatch() -> None:
-    assert mrlite.gpu.parse_driver(SMI_HEADER) == ("550.54.15", "12.4")
-    assert mrlite.gpu.parse_driver("no header") == (None, None)
-    msg = mrlite.gpu.driver_mismatch("550.54.15", "12.4", "13.0")
+    assert mrlite.hardware.gpu.parse_driver(SMI_HEADER) == ("550.54.15", "12.4")
+    assert mrlite.hardware.gpu.parse_driver("no header") == (None, None)
+    msg = mrlite.hardware.gpu.driver_mismatch("550.54.15", "12.4", "13.0")
     assert msg == ("driver 550.54.15 supports CUDA up to 12.4, but this torch needs CUDA 13.0 (driver >= 580.65.06): "
                    "update the NVIDIA driver, or use the environment without vLLM for older drivers (README, "
                    "'GPU with an older driver')")
-    assert mrlite.gpu.driver_mismatch("580.82.07", "13.0", "13.0") is None
-    assert mrlite.gpu.driver_mismatch("550.54.15", "12.4", "12.4") is None  # torch built for the driver's CUDA
-    assert mrlite.gpu.driver_mismatch("535.104.05", None, "13.0") is not None  # judged by the driver floor
-    assert mrlite.gpu.driver_mismatch(None, None, "13.0") is None  # nothing known: no claim
+    assert mrlite.hardware.gpu.driver_mismatch("580.82.07", "13.0", "13.0") is None
+    assert mrlite.hardware.gpu.driver_mismatch("550.54.15", "12.4", "12.4") is None  # torch built for the driver's CUDA
+    assert mrlite.hardware.gpu.driver_mismatch("535.104.05", None, "13.0") is not None  # judged by the driver floor
+    assert mrlite.hardware.gpu.driver_mismatch(None, None, "13.0") is None  # nothing known: no claim
 
 
 def test_report_names_a_driver_too_old_for_the_pinned_torch() -> None:

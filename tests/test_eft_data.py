@@ -11,8 +11,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from mrlite.cli import cli
-from mrlite.evaluate import run_eval
-from mrlite.oasst import load_ranked
+from mrlite.eval.run import run_eval
+from mrlite.data.oasst import load_ranked
 from mrlite.rundir import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import socket
 import pytest
 from eval_helpers import StubServer, chat_reply
 
-from mrlite.endpoint import UNREACHABLE_AFTER, EndpointError, OpenAIChat, parse_judge_spec
+from mrlite.eval.endpoint import UNREACHABLE_AFTER, EndpointError, OpenAIChat, parse_judge_spec
 
 MSG = [{"role": "user", "content": "Which is better?"}]
 

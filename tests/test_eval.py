@@ -16,12 +16,12 @@ from eval_helpers import StubServer, alpacaeval_reference, chat_reply, run, smok
 import mrlite
 from mrlite.backends.base import GenRequest, Sampling
 from mrlite.backends.fake import FakeGenerator
-from mrlite.eval_judge import render_pairwise
+from mrlite.eval.judge import render_pairwise
 from mrlite.cli import cli
-from mrlite.evaluate import run_eval
-from mrlite.parsing import parse_pairwise
+from mrlite.eval.run import run_eval
+from mrlite.core.parsing import parse_pairwise
 from mrlite.rundir import read_jsonl
-from mrlite.winrate import LC_NAME
+from mrlite.eval.winrate import LC_NAME
 
 pytest.importorskip("sklearn")
 REPO = Path(__file__).resolve().parents[1]
@@ -144,7 +144,7 @@ def test_endpoint_judge_both_orders_failed_rows_and_cache(run, monkeypatch, tmp_
 
 def test_endpoint_errors_are_counted_and_retried_by_the_next_eval(run, monkeypatch):
     monkeypatch.setenv("MRLITE_TEST_KEY", "sk-test")
-    monkeypatch.setattr("mrlite.endpoint.time.sleep", lambda s: None)
+    monkeypatch.setattr("mrlite.eval.endpoint.time.sleep", lambda s: None)
     with StubServer(lambda body: (200, "{not json")) as s:
         summary = run_eval(run, iters=[1], judge=f"openai:{s.url}#j", api_key_env="MRLITE_TEST_KEY", limit=3,
                            n_boot=0, retries=1)

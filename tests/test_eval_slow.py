@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from eval_helpers import StubServer, chat_reply
 
 from mrlite.cli import cli
-from mrlite.evaluate import run_eval
+from mrlite.eval.run import run_eval
 from mrlite.rundir import RunDir, read_jsonl
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import mrlite
 from mrlite.backends.base import GenRequest, Sampling
 from mrlite.backends.fake import FakeGenerator
 from mrlite.backends.forcing import pick_choice
-from mrlite.parsing import parse_score
+from mrlite.core.parsing import parse_score
 
 
 def test_argmax_at_temperature_zero() -> None:

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 torch = pytest.importorskip("torch")
 
 from mrlite.backends.base import GenRequest, Sampling  # noqa: E402
-from mrlite.parsing import has_score, has_winner, parse_score  # noqa: E402
+from mrlite.core.parsing import has_score, has_winner, parse_score  # noqa: E402
 
 SAMPLE = Sampling(temperature=0.8, top_p=0.95, max_new_tokens=8)
 GREEDY = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=8)

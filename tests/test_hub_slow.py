@@ -67,7 +67,7 @@ def test_console_is_quiet_and_log_txt_has_the_library_output(tb_run):
 
 def test_push_dry_run_on_a_real_run(tb_run, tmp_path):
     datasets = pytest.importorskip("datasets")
-    from mrlite.cards import validate_card
+    from mrlite.hub.cards import validate_card
 
     out, _ = tb_run
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}

@@ -16,7 +16,7 @@ import pytest
 import mrlite
 from mrlite.backends.base import GenRequest, Sampling
 from mrlite.backends.fake import FakeGenerator
-from mrlite.prompts import render_judge
+from mrlite.core.prompts import render_judge
 from mrlite.rundir import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The streaming LoRA merge (``mrlite.merge``): the same tensors as peft's ``merge_and_unload`` on an fp32 reload,
+"""The streaming LoRA merge (``mrlite.backends.merge``): the same tensors as peft's ``merge_and_unload`` on an fp32 reload,
 shard by shard, with the base's layout, names and dtypes; unsupported adapters refused before anything is written."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from mrlite.merge import StreamingMergeUnsupported, base_shards, merge_streaming  # noqa: E402
+from mrlite.backends.merge import StreamingMergeUnsupported, base_shards, merge_streaming  # noqa: E402
 
 
 def tiny_base(path: Path, dtype, shard: str | None = None) -> Path:

@@ -1,5 +1,5 @@
-"""Table tests for mrlite.pairs (actor pairs, highest variance, positional weights, Elo, judge pairs) and
-mrlite.battles (the battle schedule).
+"""Table tests for mrlite.core.selection (actor pairs, highest variance, positional weights, Elo, judge pairs) and
+mrlite.core.battles (the battle schedule).
 
 Expectations are worked out by hand from design/algorithm.md Part A steps 3-5 (comments show the arithmetic).
 Run: ``python -m pytest tests/test_pairs.py -q``.
@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pytest
 
-from mrlite.battles import battle_schedule
-from mrlite.pairs import (
+from mrlite.core.battles import battle_schedule
+from mrlite.core.selection import (
     battle_matrix,
     bradley_terry,
     highest_variance,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from _models import cuda_available, model_home, tiny_model  # noqa: F401  (fixtures)
 
-from mrlite.parallel import assign, visible_gpu_ids, worker_devices, worker_env
+from mrlite.scale.parallel import assign, visible_gpu_ids, worker_devices, worker_env
 from mrlite.recipe import load_recipe
 
 SKIP = {"log.txt", "run.json", "timings.jsonl", "recipe.yaml"}  # recipe.yaml names the worker count

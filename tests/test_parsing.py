@@ -1,4 +1,4 @@
-"""Table tests for mrlite.parsing: score and winner extraction (Part A steps 3 and 5b).
+"""Table tests for mrlite.core.parsing: score and winner extraction (Part A steps 3 and 5b).
 
 Run: ``python -m pytest tests/test_parsing.py -q``.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from mrlite.parsing import (
+from mrlite.core.parsing import (
     SCORE_LABEL,
     WINNER_LABEL,
     has_score,
@@ -190,15 +190,15 @@ PAIRWISE_CASES = [
 
 @pytest.mark.parametrize(("text", "expected"), PAIRWISE_CASES)
 def test_parse_pairwise(text: str, expected: int | None) -> None:
-    from mrlite.parsing import parse_pairwise
+    from mrlite.core.parsing import parse_pairwise
 
     assert parse_pairwise(text) == expected
 
 
 def test_eval_template_verdict_format_parses() -> None:
     # The verdict format the eval template asks for is exactly what parse_pairwise reads.
-    from mrlite.eval_judge import render_pairwise
-    from mrlite.parsing import parse_pairwise
+    from mrlite.eval.judge import render_pairwise
+    from mrlite.core.parsing import parse_pairwise
 
     text = render_pairwise("Q?", "first", "second")
     assert "[[A]] if answer A is better, [[B]] if answer B is better, and [[C]] for a tie" in text

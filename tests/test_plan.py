@@ -10,10 +10,10 @@ from click.testing import CliRunner
 
 import mrlite
 from mrlite.cli import cli
-from mrlite.plan import (
+from mrlite.tools.plan import (
     GPU_CLASSES, Rates, disk_gib, estimate, gen_weights_gib, generation_memory, gpu_class_for, train_memory,
 )
-from mrlite.shapes import GIB, KNOWN_SHAPES, model_shape, shape_from_config, weights_gib_16bit
+from mrlite.hardware.shapes import GIB, KNOWN_SHAPES, model_shape, shape_from_config, weights_gib_16bit
 
 REPO = Path(__file__).resolve().parents[1]
 LLAMA3_8B = KNOWN_SHAPES["meta-llama/Meta-Llama-3-8B-Instruct"]
@@ -179,7 +179,7 @@ def test_meta_judge_sequences_in_the_kv_cache() -> None:
 
 
 def test_host_memory_per_stage() -> None:
-    from mrlite.plan import HOST_RUNTIME_GIB, SHARD_GIB, host_memory
+    from mrlite.tools.plan import HOST_RUNTIME_GIB, SHARD_GIB, host_memory
 
     w16 = LLAMA3_8B.params * 2 / GIB
     paper = recipe("paper")  # vLLM + unsloth, NF4 training

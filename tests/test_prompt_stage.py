@@ -16,9 +16,9 @@ from click.testing import CliRunner
 
 import mrlite
 from mrlite.cli import cli
-from mrlite.dedup import NearDuplicateIndex, batch_shingles, jaccard, normalize, shingles
+from mrlite.data.dedup import NearDuplicateIndex, batch_shingles, jaccard, normalize, shingles
 from mrlite.rundir import RunDirError, read_jsonl
-from mrlite.sources import load_prompt_pool
+from mrlite.data.sources import load_prompt_pool
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "recipes" / "smoke.yaml"

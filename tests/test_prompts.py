@@ -1,4 +1,4 @@
-"""Tests for mrlite.prompts: the shipped templates, rendering, checking, score-line stripping.
+"""Tests for mrlite.core.prompts: the shipped templates, rendering, checking, score-line stripping.
 
 Run: ``python -m pytest tests/test_prompts.py -q``.
 """
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mrlite.parsing import parse_score
-from mrlite.prompts import (
+from mrlite.core.parsing import parse_score
+from mrlite.core.prompts import (
     JUDGE_VARIABLES,
     META_JUDGE_VARIABLES,
     check_template,

@@ -16,7 +16,7 @@ from hub_stub import HubStub
 
 pytest.importorskip("huggingface_hub")
 
-from mrlite.cards import CardError, validate_card
+from mrlite.hub.cards import CardError, validate_card
 
 TOKEN = "hf_stubtoken_do_not_log_0123456789"
 
@@ -63,7 +63,7 @@ def test_dry_run_model_card_passes_hub_validation(smoke_run, tmp_path):
 
 
 def test_card_for_a_hub_base_names_it_and_its_license(smoke_run, tmp_path):
-    from mrlite.cards import model_card
+    from mrlite.hub.cards import model_card
     from mrlite.rundir import RunDir
 
     run = tmp_path / "run"
@@ -161,7 +161,7 @@ def test_upload_gives_up_after_retries_with_one_line(smoke_run, tmp_path):
 
 
 def test_card_has_the_eval_numbers_of_its_iteration(smoke_run, tmp_path):
-    from mrlite.cards import model_card
+    from mrlite.hub.cards import model_card
     from mrlite.rundir import RunDir
 
     run = Path(shutil.copytree(smoke_run, tmp_path / "run"))

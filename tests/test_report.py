@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from mrlite.cli import cli
 from mrlite.status import status_table
-from mrlite.winrate import LC_NAME, PromptResult, judge_agreement
+from mrlite.eval.winrate import LC_NAME, PromptResult, judge_agreement
 
 pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")

@@ -24,7 +24,7 @@ mean over the batch, so the losses agree up to float32 summation order; 1e-3 rel
 
 @pytest.fixture(scope="module")
 def full1(tiny_model, tmp_path_factory):
-    from mrlite.distributed import train_call
+    from mrlite.scale.distributed import train_call
 
     d = tmp_path_factory.mktemp("full1")
     rows = write_pairs(d / "pairs.jsonl")
@@ -81,7 +81,7 @@ LORA = {"learning_rate": 2e-2, "max_steps": 3, "grad_accum": 1, "max_length": 12
 @pytest.fixture(scope="module")
 def one_vs_two(tiny_model, tmp_path_factory):
     """The same 4 pairs: one process with batch 4 vs two processes with batch 2 each (global batch 4 both)."""
-    from mrlite.distributed import train_call
+    from mrlite.scale.distributed import train_call
 
     d = tmp_path_factory.mktemp("ddp")
     rows = write_pairs(d / "pairs.jsonl")
@@ -114,7 +114,7 @@ def test_two_processes_merge_once(one_vs_two, tiny_model):
 def test_full_fine_tuning_on_two_processes_writes_one_model(tiny_model, tmp_path, full1):
     """DDP with full weights: every process takes part in saving, the main one writes model/ and lineage once;
     the weights match the one-process run at the same global batch up to float rounding."""
-    from mrlite.distributed import train_call
+    from mrlite.scale.distributed import train_call
 
     rows = write_pairs(tmp_path / "pairs.jsonl")
     result = train_call(tiny_recipe(train={**FULL, "batch_size": 2, "num_processes": 2}), 1, "dpo", rows,
@@ -139,7 +139,7 @@ def _cuda_devices() -> int:
 def test_sharded_full_fine_tuning_on_two_gpus(tiny_model, tmp_path, mode):  # pragma: no cover - GPU only
     if mode == "deepspeed":
         pytest.importorskip("deepspeed")
-    from mrlite.distributed import train_call
+    from mrlite.scale.distributed import train_call
 
     rows = write_pairs(tmp_path / "pairs.jsonl")
     result = train_call(tiny_recipe(train={**FULL, "batch_size": 2, "num_processes": 2, "distributed": mode}), 1,

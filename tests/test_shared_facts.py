@@ -1,4 +1,4 @@
-"""Small shared facts: the percent format (``mrlite.fmt``), native bf16 detection (``mrlite.hw``), the "prompt
+"""Small shared facts: the percent format (``mrlite.core.fmt``), native bf16 detection (``mrlite.hardware.cpu``), the "prompt
 leaves room for an answer" rule (``backends.base.fits``) and chat-template ids (``backends.tokens``)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mrlite.fmt import pct
-from mrlite.hw import cpu_has_bf16, native_bf16
+from mrlite.core.fmt import pct
+from mrlite.hardware.cpu import cpu_has_bf16, native_bf16
 
 
 @pytest.mark.parametrize(("args", "kw", "shown"), [
@@ -40,11 +40,11 @@ def test_unreadable_cpuinfo_is_not_bf16(tmp_path: Path) -> None:
 
 
 def test_native_bf16_on_cpu_reads_the_cpu(monkeypatch) -> None:
-    import mrlite.hw
+    import mrlite.hardware.cpu
 
-    monkeypatch.setattr(mrlite.hw, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(mrlite.hardware.cpu, "cpu_has_bf16", lambda: True)
     assert native_bf16(types.SimpleNamespace(type="cpu")) is True
-    monkeypatch.setattr(mrlite.hw, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(mrlite.hardware.cpu, "cpu_has_bf16", lambda: False)
     assert native_bf16(types.SimpleNamespace(type="cpu")) is False
 
 

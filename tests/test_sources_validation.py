@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mrlite.sources import SourceError, load_prompt_pool, validation_table
+from mrlite.data.sources import SourceError, load_prompt_pool, validation_table
 
 
 def _jsonl(path: Path, rows: list[dict]) -> str:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from mrlite.plan import plan_cmd
+from mrlite.tools.plan import plan_cmd
 from mrlite.recipe import load_recipe
-from mrlite.shapes import model_shape
-from mrlite.topology import Topology, fit_warnings, full_train_gib, generation_engines, parse_topo
+from mrlite.hardware.shapes import model_shape
+from mrlite.hardware.topology import Topology, fit_warnings, full_train_gib, generation_engines, parse_topo
 
 ASSETS = Path(__file__).parent / "assets"
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 import mrlite
-import mrlite.gpu
+import mrlite.hardware.gpu
 from mrlite.backends import BackendError
 from mrlite.backends.unsloth import UnslothTrainer, import_unsloth
-from mrlite.gpu import PreflightError
+from mrlite.hardware.gpu import PreflightError
 from mrlite.rundir import atomic_write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,7 +187,7 @@ def fakes(monkeypatch):
     datasets.Dataset = types.SimpleNamespace(from_list=lambda rows: list(rows))
     for name, mod in (("unsloth", unsloth), ("trl", trl), ("datasets", datasets)):
         monkeypatch.setitem(sys.modules, name, mod)
-    monkeypatch.setattr(mrlite.gpu, "free_disk_gib", lambda p: 500.0)
+    monkeypatch.setattr(mrlite.hardware.gpu, "free_disk_gib", lambda p: 500.0)
     # mrlite.backends.trl binds trl's classes at import: import it afresh against the fakes, and afterwards put
     # back whatever was there so no later test sees fake-bound classes.
     import mrlite.backends as pkg
@@ -289,7 +289,7 @@ def test_eft_sft_uses_eft_settings(fakes, base_dir: Path, tmp_path: Path) -> Non
 
 
 def test_disk_checked_before_training(fakes, base_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(mrlite.gpu, "free_disk_gib", lambda p: 0.5)
+    monkeypatch.setattr(mrlite.hardware.gpu, "free_disk_gib", lambda p: 0.5)
     rows = tmp_path / "rows.jsonl"
     atomic_write_jsonl(rows, [_dpo_row(0)])
     with pytest.raises(PreflightError, match=r"not enough disk for the merged model of iteration 1: needs ~1\.0 GiB "
@@ -392,14 +392,14 @@ LLAMA3_8B_CONFIG = {"vocab_size": 128256, "hidden_size": 4096, "num_hidden_layer
 
 
 @pytest.mark.parametrize("card, sets, expected", [
-    (mrlite.gpu.GPUInfo(0, "RTX 4090", 23.6, (8, 9)), [], 2),  # NF4, 3072 tokens: logits of 2 rows fit
-    (mrlite.gpu.GPUInfo(0, "H100", 79.2, (9, 0)), ["train.load_in_4bit=false", "train.batch_size=4"], 10),
-    (mrlite.gpu.GPUInfo(0, "H100", 79.2, (9, 0)), ["train.max_length=512"], 32),  # capped
+    (mrlite.hardware.gpu.GPUInfo(0, "RTX 4090", 23.6, (8, 9)), [], 2),  # NF4, 3072 tokens: logits of 2 rows fit
+    (mrlite.hardware.gpu.GPUInfo(0, "H100", 79.2, (9, 0)), ["train.load_in_4bit=false", "train.batch_size=4"], 10),
+    (mrlite.hardware.gpu.GPUInfo(0, "H100", 79.2, (9, 0)), ["train.max_length=512"], 32),  # capped
 ])
 def test_reference_log_probs_batched_from_the_memory_plan(fakes, base_dir: Path, tmp_path: Path, monkeypatch,
                                                            card, sets, expected) -> None:
     (base_dir / "config.json").write_text(json.dumps(LLAMA3_8B_CONFIG))
-    monkeypatch.setattr(mrlite.gpu, "gpus", lambda use_torch=True: [card])
+    monkeypatch.setattr(mrlite.hardware.gpu, "gpus", lambda use_torch=True: [card])
     rows = tmp_path / "rows.jsonl"
     atomic_write_jsonl(rows, [_dpo_row(0)])
     UnslothTrainer(recipe(*sets), 1).train_dpo(rows, str(base_dir), tmp_path / "out")
@@ -408,7 +408,7 @@ def test_reference_log_probs_batched_from_the_memory_plan(fakes, base_dir: Path,
 
 
 def test_reference_batch_unknown_card_leaves_trl_default(fakes, base_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(mrlite.gpu, "gpus", lambda use_torch=True: [])
+    monkeypatch.setattr(mrlite.hardware.gpu, "gpus", lambda use_torch=True: [])
     rows = tmp_path / "rows.jsonl"
     atomic_write_jsonl(rows, [_dpo_row(0)])
     UnslothTrainer(recipe(), 1).train_dpo(rows, str(base_dir), tmp_path / "out")

@@ -12,15 +12,15 @@ from typing import ClassVar
 import pytest
 
 import mrlite
-import mrlite.hw
-import mrlite.gpu
+import mrlite.hardware.cpu
+import mrlite.hardware.gpu
 from mrlite.backends import BackendError
 from mrlite.backends.base import GenRequest, Sampling
 from mrlite.backends.vllm import (
     VLLMGenerator, default_quantization, engine_env, engine_kwargs, force_regex, forcing_tokens, stop_token_ids,
 )
-from mrlite.gpu import GPUInfo
-from mrlite.parsing import parse_score, parse_winner
+from mrlite.hardware.gpu import GPUInfo
+from mrlite.core.parsing import parse_score, parse_winner
 
 REPO = Path(__file__).resolve().parents[1]
 RTX4090 = GPUInfo(0, "NVIDIA GeForce RTX 4090", 23.6, (8, 9))
@@ -237,7 +237,7 @@ def fake_vllm(monkeypatch):
     mod.sampling_params = sp_mod
     monkeypatch.setitem(sys.modules, "vllm", mod)
     monkeypatch.setitem(sys.modules, "vllm.sampling_params", sp_mod)
-    monkeypatch.setattr(mrlite.gpu, "gpus", lambda use_torch=True: [RTX4090])
+    monkeypatch.setattr(mrlite.hardware.gpu, "gpus", lambda use_torch=True: [RTX4090])
     for var in ("VLLM_BATCH_INVARIANT", "VLLM_CPU_NUM_OF_RESERVED_CPU"):  # the generator sets them; undo after
         monkeypatch.setenv(var, "")
         monkeypatch.delenv(var)
@@ -433,8 +433,8 @@ def test_generator_sets_batch_invariant_before_the_engine(fake_vllm, monkeypatch
 
 
 def test_generator_without_cuda_uses_cpu_settings(fake_vllm, monkeypatch) -> None:
-    monkeypatch.setattr(mrlite.gpu, "gpus", lambda use_torch=True: [])
-    monkeypatch.setattr(mrlite.hw, "cpu_has_bf16", lambda cpuinfo=None: False)
+    monkeypatch.setattr(mrlite.hardware.gpu, "gpus", lambda use_torch=True: [])
+    monkeypatch.setattr(mrlite.hardware.cpu, "cpu_has_bf16", lambda cpuinfo=None: False)
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
     gen("model.dtype=auto", "backends.vllm.quantization=null")
     (llm,) = FakeLLM.instances

@@ -64,7 +64,7 @@ def test_n_completions_seeded_and_in_order(generator) -> None:
 
 def test_forced_labels_always_parse(generator) -> None:
     from mrlite.backends.base import GenRequest, Sampling
-    from mrlite.parsing import has_score, has_winner
+    from mrlite.core.parsing import has_score, has_winner
 
     reqs = [GenRequest(id="j", messages=[{"role": "user", "content": "Rate this answer."}], n=4, seed=1,
                        role="judge", force="score"),

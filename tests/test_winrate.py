@@ -11,8 +11,8 @@ import pytest
 
 from eval_helpers import alpacaeval_reference
 
-from mrlite.evaluate import alpaca_annotations
-from mrlite.winrate import PromptResult, judge_agreement, lc_warnings, parse_verdict, summarize
+from mrlite.eval.run import alpaca_annotations
+from mrlite.eval.winrate import PromptResult, judge_agreement, lc_warnings, parse_verdict, summarize
 
 pytest.importorskip("sklearn")
 

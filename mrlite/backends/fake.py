@@ -23,7 +23,7 @@ from pathlib import Path
 
 from mrlite.backends.base import Completion, GenRequest, Sampling, TrainResult
 from mrlite.backends.forcing import pick_choice, score_values
-from mrlite.parsing import SCORE_LABEL, WINNER_LABEL, has_score, has_winner
+from mrlite.core.parsing import SCORE_LABEL, WINNER_LABEL, has_score, has_winner
 from mrlite.recipe import Recipe
 from mrlite.rundir import atomic_write_json, atomic_write_text, hash_parts, iter_jsonl, model_identity, sha256_file
 

@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mrlite.parsing import SCORE_LABEL, WINNER_LABEL
+from mrlite.core.parsing import SCORE_LABEL, WINNER_LABEL
 
 WINNER_CHOICES = ("A", "B")
 

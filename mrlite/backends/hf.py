@@ -37,9 +37,9 @@ from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer
 
 from mrlite.backends.forcing import WINNER_CHOICES, Forcing, forcing_tokens  # noqa: F401
 from mrlite.backends.base import Completion, GenRequest, Message, Sampling
-from mrlite.hw import native_bf16  # re-exported: hardware facts live in mrlite.hw
+from mrlite.hardware.cpu import native_bf16  # re-exported: hardware facts live in mrlite.hardware.cpu
 from mrlite.models import check_chat_template
-from mrlite.parsing import SCORE_LABEL, WINNER_LABEL, has_score, has_winner
+from mrlite.core.parsing import SCORE_LABEL, WINNER_LABEL, has_score, has_winner
 from mrlite.recipe import Recipe
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ TRL loads from the same directory (``DPOTrainer`` with ``ref_model=None``); ``tr
 second model (less memory, one extra pass over the rows). The trained weights are saved directly as M_t: no
 adapter, no merge; ``lineage.json`` records the step with ``method: full`` and the sha256 of the saved weights.
 
-**Multi-process** (``train.num_processes > 1``, started by ``mrlite.distributed``): every process trains its
+**Multi-process** (``train.num_processes > 1``, started by ``mrlite.scale.distributed``): every process trains its
 share of each global batch; only the main process saves the adapter, merges and writes ``lineage.json``. With
 FSDP or DeepSpeed ZeRO-3 the full weights are gathered by ``Trainer.save_model``, which every process must call.
 Exercised by: ``tests/test_scale_train.py``.

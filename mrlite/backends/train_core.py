@@ -154,7 +154,7 @@ def checkpoint_args(recipe: Recipe, kind: str) -> dict[str, Any]:
 def recipe_args(recipe: Recipe, kind: str, iteration: int, out: Path) -> dict[str, Any]:
     """The DPOConfig/SFTConfig fields the recipe decides, the same for every trainer backend."""
     from mrlite.log import libraries_quiet
-    from mrlite.track import trainer_args
+    from mrlite.hub.track import trainer_args
 
     cfg = section_cfg(recipe, kind)
     seed = train_seed(recipe, iteration)

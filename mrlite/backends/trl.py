@@ -3,7 +3,7 @@
 Each call trains a new peft LoRA on ``base`` (the previous iteration's merged model), so DPO's reference model is
 ``base`` itself (TRL computes it with the adapter disabled; no second copy is loaded), which is the paper's
 M_t -> M_{t+1} step (Meta-Rewarding, arXiv 2407.19594 §2.3; Self-Rewarding, arXiv 2401.10020 §2.3). The adapter is
-then merged shard by shard into the unquantised weights of ``base`` (``mrlite.merge``; on the GPU when there is one)
+then merged shard by shard into the unquantised weights of ``base`` (``mrlite.backends.merge``; on the GPU when there is one)
 and saved with a ``lineage.json``; only the trained adapter is saved.
 Exercised by: ``mrlite run recipes/tiny.yaml``.
 """
@@ -26,7 +26,7 @@ from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 from mrlite.backends import scale_train as scale
 from mrlite.backends import train_core as core
 from mrlite.backends.base import TrainResult
-from mrlite.hw import native_bf16
+from mrlite.hardware.cpu import native_bf16
 from mrlite.models import check_chat_template
 from mrlite.recipe import Recipe
 
@@ -192,12 +192,12 @@ class TRLTrainer:
     def _merge(self, base: str, adapter_dir: Path, model_dir: Path, tok, kind: str) -> None:
         """Merge the adapter into the unquantised weights of ``base``, stored in base's own dtype.
 
-        Streams base's safetensors shards tensor by tensor (``mrlite.merge``: W + fp32 delta, on the GPU when
+        Streams base's safetensors shards tensor by tensor (``mrlite.backends.merge``: W + fp32 delta, on the GPU when
         there is one), so host memory stays near one shard; bit-identical to peft's merge into an fp32 reload,
         which stays the fallback for what the stream cannot merge (DoRA, .bin weights). Never merges into 4-bit
         weights (rounding, stack.md §4 "QLoRA merge"); a bf16 Hub model's files stay bf16.
         """
-        from mrlite.merge import StreamingMergeUnsupported, merge_streaming
+        from mrlite.backends.merge import StreamingMergeUnsupported, merge_streaming
 
         src = self._local_dir(base)
         if src is not None:

@@ -80,7 +80,7 @@ def local_base(base: str, revision: str | None = None) -> Path:
 
 
 def merged_size_gib(base_dir: Path) -> float:
-    from mrlite.shapes import weights_gib_16bit
+    from mrlite.hardware.shapes import weights_gib_16bit
 
     return weights_gib_16bit(str(base_dir)) or 0.0
 
@@ -150,7 +150,7 @@ class UnslothTrainer:
     # ----------------------------------------------------------------------------------------------------------
 
     def _train(self, rows_path: Path, base: str, out: Path, kind: str) -> TrainResult:
-        from mrlite.gpu import check_disk, free_disk_gib
+        from mrlite.hardware.gpu import check_disk, free_disk_gib
 
         t0 = time.perf_counter()
         out = Path(out)
@@ -194,7 +194,7 @@ class UnslothTrainer:
         """What unsloth adds to the recipe's config fields: the GPU's 16-bit type, precomputed reference log-probs.
 
         The reference pass is batched as the card allows (``precompute_ref_batch_size`` from the model's shape and
-        the card's memory, ``mrlite.shapes.ref_batch_size``); TRL would otherwise use the train batch size.
+        the card's memory, ``mrlite.hardware.shapes.ref_batch_size``); TRL would otherwise use the train batch size.
         """
         from unsloth import is_bfloat16_supported
 
@@ -208,8 +208,8 @@ class UnslothTrainer:
         return args
 
     def _ref_batch_size(self, base_dir: Path) -> int | None:
-        from mrlite.gpu import gpus
-        from mrlite.shapes import model_shape, ref_batch_size
+        from mrlite.hardware.gpu import gpus
+        from mrlite.hardware.shapes import model_shape, ref_batch_size
 
         devs, shape = gpus(), model_shape(str(base_dir))
         if not devs or shape is None:

@@ -42,7 +42,7 @@ from typing import Any
 from mrlite.backends import BackendError
 from mrlite.backends.base import Completion, GenRequest, Message, Sampling
 from mrlite.backends.forcing import Forcing, forcing_tokens, score_regex
-from mrlite.parsing import SCORE_LABEL, has_score, has_winner
+from mrlite.core.parsing import SCORE_LABEL, has_score, has_winner
 from mrlite.recipe import Recipe
 from mrlite.rundir import derive_seed
 
@@ -271,10 +271,10 @@ class VLLMGenerator:
     """
 
     def __init__(self, recipe: Recipe, model: str):
-        from mrlite.gpu import gpus
-        from mrlite.hw import cpu_has_bf16
+        from mrlite.hardware.gpu import gpus
+        from mrlite.hardware.cpu import cpu_has_bf16
         from mrlite.models import check_chat_template
-        from mrlite.shapes import weights_gib_16bit
+        from mrlite.hardware.shapes import weights_gib_16bit
 
         devs = gpus()
         card = devs[0] if devs else None

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mrlite import parallel
+from mrlite.scale import parallel
 from mrlite.backends.base import Completion, GenRequest, Sampling
 from mrlite.progress import StageProgress
 from mrlite.rundir import atomic_write_text, config_hash

@@ -11,9 +11,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from mrlite.prompts import render_judge
+from mrlite.core.prompts import render_judge
 from mrlite.rundir import atomic_write_jsonl, replace_dir
-from mrlite.sources import eft_source, load_eft_rows
+from mrlite.data.sources import eft_source, load_eft_rows
 from mrlite.stages import StageContext, resolve_base, untimed
 
 
@@ -41,7 +41,7 @@ def config(ctx: StageContext) -> dict:
 
 
 def run(ctx: StageContext) -> dict:
-    from mrlite.distributed import train_call
+    from mrlite.scale.distributed import train_call
 
     kind, _ = eft_source(ctx.recipe.eft.data)
     rows, _ = load_eft_rows(str(ctx.path("eft_data.jsonl")) if kind == "oasst" else ctx.recipe.eft.data)

@@ -21,13 +21,13 @@ from collections import Counter
 from pathlib import Path
 
 from mrlite.backends.base import GenRequest
-from mrlite.datagen import agreeing_rows, downsample_score, heldout_split, ranked_tree
-from mrlite.oasst import RankedPrompt, load_ranked
-from mrlite.parsing import parse_score
-from mrlite.prompts import render_judge
+from mrlite.data.datagen import agreeing_rows, downsample_score, heldout_split, ranked_tree
+from mrlite.data.oasst import RankedPrompt, load_ranked
+from mrlite.core.parsing import parse_score
+from mrlite.core.prompts import render_judge
 from mrlite.recipe import Recipe
 from mrlite.rundir import atomic_write_json, atomic_write_jsonl, derive_seed, fingerprint
-from mrlite.sources import SourceError, eft_source
+from mrlite.data.sources import SourceError, eft_source
 from mrlite.stages import StageContext, StageError, drop_parts
 from mrlite.stages._gen import generate_in_chunks, sampling_of
 

@@ -12,9 +12,9 @@ from collections import Counter
 from pathlib import Path
 
 from mrlite.backends.base import GenRequest
-from mrlite.diagnostics import mean_score, score_histogram
-from mrlite.parsing import parse_score
-from mrlite.prompts import render_judge
+from mrlite.core.diagnostics import mean_score, score_histogram
+from mrlite.core.parsing import parse_score
+from mrlite.core.prompts import render_judge
 from mrlite.rundir import atomic_write_jsonl, derive_seed, read_jsonl
 from mrlite.stages import StageContext
 from mrlite.stages._gen import generate_in_chunks, sampling_of

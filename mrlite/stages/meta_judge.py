@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from mrlite.backends.base import GenRequest
-from mrlite.battles import battle_schedule
-from mrlite.diagnostics import meta_judge_bias
-from mrlite.fmt import pct
-from mrlite.pairs import highest_variance
-from mrlite.parsing import parse_winner
-from mrlite.prompts import render_meta_judge, strip_score_line
+from mrlite.core.battles import battle_schedule
+from mrlite.core.diagnostics import meta_judge_bias
+from mrlite.core.fmt import pct
+from mrlite.core.selection import highest_variance
+from mrlite.core.parsing import parse_winner
+from mrlite.core.prompts import render_meta_judge, strip_score_line
 from mrlite.rundir import atomic_write_jsonl, derive_seed, read_jsonl
 from mrlite.stages import StageContext
 from mrlite.stages._gen import generate_in_chunks, sampling_of

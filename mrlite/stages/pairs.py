@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mrlite import diagnostics
-from mrlite.pairs import position_weights_from_counts, select_actor_pair, select_judge_pairs, winner_matrix
-from mrlite.prompts import render_judge
+from mrlite.core import diagnostics
+from mrlite.core.selection import position_weights_from_counts, select_actor_pair, select_judge_pairs, winner_matrix
+from mrlite.core.prompts import render_judge
 from mrlite.recipe import per_iter
 from mrlite.rundir import atomic_write_jsonl, derive_seed, read_jsonl
 from mrlite.stages import StageContext, module

@@ -4,7 +4,7 @@ Either the recipe names a source (``data.prompts``: ``builtin``, a local file or
 read, validated and copied in, or ``data.prompts: generate``, which grows the pool the Self-Rewarding way
 (arXiv 2401.10020 §3; algorithm.md Part B §10): a model (default: the seed model) is shown ``shots`` random seed
 prompts and writes new tasks at T 0.6, p 0.9; short, overlong, tagged, exactly or nearly duplicated tasks are
-dropped and counted (``mrlite.datagen.TaskFilter``, ``mrlite.dedup``). Requests come in fixed chunks of
+dropped and counted (``mrlite.data.datagen.TaskFilter``, ``mrlite.data.dedup``). Requests come in fixed chunks of
 ``loop.chunk_size``; each chunk's raw tasks are written whole under ``iter_00/.parts/prompts/`` and the filter
 replays them in order, so a killed stage resumes to byte-identical files. Growing stops when ``n`` tasks are
 kept or after ``max_requests`` requests (then a one-line error says how many were kept and why the rest were
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from mrlite.backends.base import Sampling
 from mrlite.rundir import atomic_write_json, atomic_write_jsonl, atomic_write_text, config_hash, read_jsonl
-from mrlite.sources import builtin_path, is_hub_id, load_prompt_pool
+from mrlite.data.sources import builtin_path, is_hub_id, load_prompt_pool
 from mrlite.stages import StageContext, StageError, expected_marker_keys, fault_point
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def _read(ctx: StageContext) -> tuple[list[dict], dict]:
 
 
 def _grow(ctx: StageContext, g) -> tuple[list[dict], dict]:
-    from mrlite.datagen import TaskFilter, extract_tasks, prompt_requests
+    from mrlite.data.datagen import TaskFilter, extract_tasks, prompt_requests
 
     r = ctx.recipe
     seeds = load_prompt_pool(g.seeds, g.seeds_column, g.seeds_split)
@@ -206,7 +206,7 @@ def _generator(ctx: StageContext, g):
     """(generator, owned): the seed model's shared generator, or one opened for ``data.generate.model``."""
     if g.model is None:
         return ctx.generator(), False
-    from mrlite.datagen import open_generator
+    from mrlite.data.datagen import open_generator
 
     gen, _ = open_generator(g.model, backend=ctx.recipe.backends.generator, recipe=ctx.recipe)
     return gen, True

@@ -40,7 +40,7 @@ def config(ctx: StageContext) -> dict:
 
 
 def run(ctx: StageContext) -> dict:
-    from mrlite.distributed import train_call
+    from mrlite.scale.distributed import train_call
 
     rows = [{k: row[k] for k in TRAIN_KEYS} | {"pair_id": row["pair_id"]}
             for name in ("pairs_actor.jsonl", "pairs_judge.jsonl") for row in iter_jsonl(ctx.path(name))]

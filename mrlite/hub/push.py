@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from mrlite import cards
+from mrlite.hub import cards
 from mrlite.errors import MrliteError
 from mrlite.rundir import RunDir, RunDirError
 

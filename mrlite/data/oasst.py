@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from mrlite.diagnostics import length_score_correlation
-from mrlite.sources import SourceError, read_rows
+from mrlite.core.diagnostics import length_score_correlation
+from mrlite.data.sources import SourceError, read_rows
 
 FLAT_COLUMNS = ("message_id", "parent_id", "role", "text")
 

@@ -43,7 +43,7 @@ class Facts:
     versions: dict[str, str | None]
     torch_cuda: str | None  # CUDA version torch was built with (None: CPU build or no torch)
     cuda_available: bool
-    gpus: list  # mrlite.gpu.GPUInfo
+    gpus: list  # mrlite.hardware.gpu.GPUInfo
     hf_token: bool
     source_checkout: bool
     driver: str | None = None  # NVIDIA driver version (nvidia-smi)
@@ -59,7 +59,7 @@ def _version(pkg: str) -> str | None:
 
 def gather(env: Mapping[str, str] | None = None, version: Callable[[str], str | None] = _version) -> Facts:
     """Collect the facts (imports torch only if it is installed)."""
-    from mrlite.gpu import driver_info, gpus
+    from mrlite.hardware.gpu import driver_info, gpus
 
     env = os.environ if env is None else env
     versions = {p: version(p) for p in PACKAGES}
@@ -69,7 +69,7 @@ def gather(env: Mapping[str, str] | None = None, version: Callable[[str], str | 
 
         torch_cuda = torch.version.cuda
         available = bool(torch.cuda.is_available())
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent.parent
     driver, driver_cuda = driver_info()
     return Facts(python=tuple(sys.version_info[:3]), versions=versions, torch_cuda=torch_cuda,
                  cuda_available=available, gpus=gpus(), hf_token=bool(env.get("HF_TOKEN")),
@@ -90,7 +90,7 @@ def install_commands(f: Facts) -> dict[str, str]:
 def report(f: Facts) -> tuple[list[str], bool]:
     """Lines to print, and whether anything needs fixing for the profile this machine can run."""
     from mrlite.backends import GENERATORS, TRAINERS, missing_packages
-    from mrlite.gpu import gpu_summary
+    from mrlite.hardware.gpu import gpu_summary
 
     lines: list[str] = []
     ok = True
@@ -109,7 +109,7 @@ def report(f: Facts) -> tuple[list[str], bool]:
         build = f"CUDA {f.torch_cuda} build" if f.torch_cuda else "CPU build"
         lines.append(f"✓ torch {tv} ({build}; cuda.is_available() = {f.cuda_available})")
     if has_gpu:
-        from mrlite.gpu import TORCH_CUDA_NEEDED, driver_mismatch
+        from mrlite.hardware.gpu import TORCH_CUDA_NEEDED, driver_mismatch
 
         # the CUDA torch is built for; a CPU build (or none) is judged by the pinned torch the fix installs
         need = f.torch_cuda or TORCH_CUDA_NEEDED.get(GPU_PINS["torch"])
@@ -166,7 +166,7 @@ def doctor_cmd():
       mrlite doctor
     """
     lines, _ = report(gather())
-    from mrlite.topology import doctor_lines  # GPU count, NVLink or PCIe (more than one GPU)
+    from mrlite.hardware.topology import doctor_lines  # GPU count, NVLink or PCIe (more than one GPU)
 
     lines += doctor_lines()
     click.echo(f"mrlite doctor ({platform.platform(terse=True)})")

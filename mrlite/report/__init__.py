@@ -14,13 +14,13 @@ import json
 import logging
 from pathlib import Path
 
-from mrlite.diagnostics import mean_score
+from mrlite.core.diagnostics import mean_score
 from mrlite.errors import MrliteError
-from mrlite.fmt import pct
+from mrlite.core.fmt import pct
 from mrlite.recipe import Recipe, load_recipe
 from mrlite.rundir import RunDir, atomic_write_text, iter_jsonl
-from mrlite.runstats import iteration_stats, run_iterations
-from mrlite.winrate import LC_NAME
+from mrlite.report.runstats import iteration_stats, run_iterations
+from mrlite.eval.winrate import LC_NAME
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def make_figures(its: list[dict], ev: dict | None, out: Path) -> dict[str, Path]
     import matplotlib
 
     matplotlib.use("Agg", force=False)
-    from mrlite import plots
+    from mrlite.report import plots
 
     figs = {"scores": plots.scores(its), "lengths": plots.lengths(its, ev), "parse_rates": plots.parse_rates(its),
             "pairs": plots.pairs(its), "training": plots.training(its), "winrates": plots.winrates(ev),

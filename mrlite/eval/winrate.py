@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mrlite.parsing import parse_pairwise
+from mrlite.core.parsing import parse_pairwise
 
 LC_NAME = "LC win rate (AlpacaEval-style, no instruction-difficulty term)"
 """The LC number's name wherever it is shown (summary, report, CLI)."""

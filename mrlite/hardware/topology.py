@@ -1,6 +1,6 @@
 """The machine's GPU topology (count, per-GPU memory, NVLink or PCIe) and whether a recipe's TP/DP settings fit it.
 
-Facts come from ``nvidia-smi`` (``--query-gpu`` via ``mrlite.gpu`` and ``topo -m`` here); parsing is pure so it is
+Facts come from ``nvidia-smi`` (``--query-gpu`` via ``mrlite.hardware.gpu`` and ``topo -m`` here); parsing is pure so it is
 tested on captured text. ``plan --gpus N`` uses ``scale_estimates`` to turn one-GPU stage estimates into estimates
 for N GPUs: generation stages divide their work over the engines (data parallel; chunks are independent), the
 train and EFT stages over the training processes; full fine-tuning memory is weights + gradients + Adam states
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from mrlite.recipe import Recipe
-    from mrlite.shapes import ModelShape
+    from mrlite.hardware.shapes import ModelShape
 
 GIB = 1024**3
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -151,7 +151,7 @@ def fit_warnings(recipe: Recipe, gpus: int, per_gpu_gib: float | None, interconn
 def scale_estimates(rows: list, recipe: Recipe, shape: ModelShape, gpus: int,
                     interconnect: str = "unknown", engine_start_s: float = 120.0,
                     train_load_s: float = 90.0) -> list:
-    """One-GPU stage estimates (``mrlite.plan.StageEstimate`` rows) → estimates on ``gpus`` GPUs.
+    """One-GPU stage estimates (``mrlite.tools.plan.StageEstimate`` rows) → estimates on ``gpus`` GPUs.
 
     Generation: the work after the engine start divides over the engines that run at once. Training: the
     step time divides over the processes (times a communication overhead per interconnect); with
@@ -190,7 +190,7 @@ def describe(gpus: int, per_gpu_gib: float | None, topo: Topology | None) -> str
 
 def doctor_lines() -> list[str]:
     """Topology lines for ``mrlite doctor`` (empty without GPUs)."""
-    from mrlite.gpu import gpus
+    from mrlite.hardware.gpu import gpus
 
     devs = gpus(use_torch=False)
     if not devs:
@@ -215,7 +215,7 @@ def plan_for(recipe: Recipe, rows: list, shape: ModelShape, per_gpu_gib: float, 
         gpus: ``--gpus`` (None: the GPUs ``nvidia-smi`` sees here, else 1). The links are read from this machine
             only when it has that many GPUs; otherwise they are unknown.
     """
-    from mrlite.gpu import gpus as detect
+    from mrlite.hardware.gpu import gpus as detect
 
     here = detect(use_torch=False) or []
     n = gpus or max(len(here), 1)

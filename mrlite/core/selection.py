@@ -8,7 +8,7 @@ Implements design/algorithm.md Part A steps 3-5, i.e. Meta-Rewarding (Wu et al.,
 * step 5, judge pairs (§2.2): the response with the highest judge-score variance; its judgments battle in both
   orders; wins are re-weighted against the meta-judge's positional bias (ω1, ω2); a Bradley-Terry ("Elo") fit
   ranks the judgments; chosen = best, rejected = worst;
-* which battles the meta-judge runs (step 5b, and budgets beyond the paper): ``mrlite.battles``.
+* which battles the meta-judge runs (step 5b, and budgets beyond the paper): ``mrlite.core.battles``.
 
 Everything here is pure (standard library + numpy), deterministic given its inputs and the ``rng`` passed in,
 and fast enough for paper scale (``python benchmarks/core_paper_scale.py``). Exercised by ``mrlite run``

@@ -1,4 +1,4 @@
-"""Commands ``mrlite eval`` and ``mrlite report`` (registered in ``cli.py``). Thin: parse, call, echo; every heavy
+"""Commands ``mrlite eval`` and ``mrlite report`` (registered in ``cli/__init__.py``). Thin: parse, call, echo; every heavy
 import (torch, scikit-learn, matplotlib) happens inside a command body.
 
 Exercised by: ``mrlite eval runs/smoke``, ``mrlite report runs/smoke``.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from mrlite.errors import setup_cli_logging, user_errors
-from mrlite.fmt import pct
+from mrlite.core.fmt import pct
 
 
 _errors = user_errors("Cached answers and judgments are kept; run the command again.")
@@ -93,7 +93,7 @@ def eval_cmd(run_dir, iters, judge, api_key_env, prompts, column, split, limit, 
       mrlite eval runs/qwen --judge openai:https://api.openai.com/v1#gpt-4o-mini --limit 200
     """
     _need_eval_extra("eval", {"sklearn": "scikit-learn"})
-    from mrlite.evaluate import run_eval
+    from mrlite.eval.run import run_eval
 
     _logging(verbose, quiet)
     s = run_eval(run_dir, iters=_iters(iters), judge=judge, prompts=prompts, column=column, split=split, limit=limit,

@@ -2,14 +2,14 @@
 
 Reads each iteration's JSONL files (streamed, keeping only the small fields) and ``train_metrics.jsonl``; a
 missing file gives empty numbers, never an error, so a partial run still reports. The arithmetic is
-``mrlite.diagnostics``'. Exercised by: ``mrlite report runs/smoke``.
+``mrlite.core.diagnostics``'. Exercised by: ``mrlite report runs/smoke``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from mrlite import diagnostics as dg
+from mrlite.core import diagnostics as dg
 from mrlite.rundir import RunDir, iter_jsonl
 
 

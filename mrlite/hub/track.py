@@ -58,7 +58,7 @@ def trainer_args(recipe: Recipe, run_root: Path, t: int, kind: str) -> dict:
 
 def health_scalars(run_root: Path, t: int, stage: str) -> dict[str, float]:
     """The scalars one finished stage contributes to iteration ``t``'s judge health."""
-    from mrlite.cards import judge_health
+    from mrlite.hub.cards import judge_health
     from mrlite.rundir import RunDir
 
     h = judge_health(RunDir(run_root), t)

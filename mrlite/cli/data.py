@@ -1,4 +1,4 @@
-"""Commands ``mrlite data …`` (registered in ``cli.py``): check a prompt source, generate prompts, build EFT rows.
+"""Commands ``mrlite data …`` (registered in ``cli/__init__.py``): check a prompt source, generate prompts, build EFT rows.
 Thin: parse, call, echo; every heavy import (datasets, torch) happens inside a command body.
 
 Exercised by: ``mrlite data check builtin``, ``mrlite data eft tests/assets/oasst_messages.jsonl --model fake``.
@@ -47,7 +47,7 @@ def data_check(source, column, split, max_chars):
       mrlite data check my_prompts.csv --column question
       mrlite data check HuggingFaceH4/ultrachat_200k --column messages --split train_sft
     """
-    from mrlite.sources import load_prompt_pool, validation_table
+    from mrlite.data.sources import load_prompt_pool, validation_table
 
     pool = load_prompt_pool(source, column, split, max_chars)
     for name, n in validation_table(pool):
@@ -83,9 +83,9 @@ def data_prompts(model, backend, seed_prompts, column, n, shots, temperature, to
     from pathlib import Path
 
     from mrlite.backends.base import Sampling
-    from mrlite.datagen import generate_prompts, open_generator
+    from mrlite.data.datagen import generate_prompts, open_generator
     from mrlite.rundir import atomic_write_jsonl
-    from mrlite.sources import SourceError, load_prompt_pool
+    from mrlite.data.sources import SourceError, load_prompt_pool
 
     _logging(verbose, quiet)
     pool = load_prompt_pool(seed_prompts, column)
@@ -132,8 +132,8 @@ def data_eft(source, model, backend, split, lang, limit, n, temperature, top_p, 
     from pathlib import Path
 
     from mrlite.backends.base import Sampling
-    from mrlite.datagen import build_eft, open_generator
-    from mrlite.oasst import load_ranked
+    from mrlite.data.datagen import build_eft, open_generator
+    from mrlite.data.oasst import load_ranked
     from mrlite.rundir import atomic_write_jsonl
 
     _logging(verbose, quiet)

@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from mrlite.diagnostics import SCORE_BUCKETS
+from mrlite.core.diagnostics import SCORE_BUCKETS
 from mrlite.rundir import atomic_write_bytes
 
 C_ACTOR, C_JUDGE, C_META, C_GREY = "#1f77b4", "#ff7f0e", "#2ca02c", "#7f7f7f"

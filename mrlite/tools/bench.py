@@ -69,7 +69,7 @@ def bench_group():
 
 
 def _builtin_prompts(n: int) -> list[str]:
-    from mrlite.sources import builtin_path
+    from mrlite.data.sources import builtin_path
 
     rows = [json.loads(line) for line in builtin_path("prompts.jsonl").read_text(encoding="utf-8").splitlines()]
     return [r["prompt"] for r in rows[:n]]
@@ -138,7 +138,7 @@ def _run_generate(r, phases: list[str], naive_n: int, share: bool, rep: _Report,
     from mrlite.backends.base import GenRequest, Sampling
     from mrlite.backends.hf import HFGenerator
     from mrlite.models import resolve_model
-    from mrlite.prompts import render_judge, render_meta_judge
+    from mrlite.core.prompts import render_judge, render_meta_judge
 
     path = resolve_model(r.model.base, revision=r.model.revision)
     t0 = time.perf_counter()
@@ -295,9 +295,9 @@ def _run_train(r, steps: int, kind: str, rep: _Report) -> None:
 
     from mrlite.backends import load_trainer
     from mrlite.models import resolve_model
-    from mrlite.prompts import render_judge
+    from mrlite.core.prompts import render_judge
     from mrlite.rundir import atomic_write_jsonl
-    from mrlite.sources import builtin_path
+    from mrlite.data.sources import builtin_path
 
     path = resolve_model(r.model.base, revision=r.model.revision)
     eft = [json.loads(x) for x in builtin_path("eft.jsonl").read_text(encoding="utf-8").splitlines()]

@@ -176,13 +176,13 @@ def _register(module: str, attr: str) -> None:
     cli.add_command(getattr(importlib.import_module(module), attr))
 
 
-_register("mrlite.plan", "plan_cmd")
-_register("mrlite.doctor", "doctor_cmd")
-_register("mrlite.cli_data", "data_group")
-_register("mrlite.cli_eval", "eval_cmd")
-_register("mrlite.cli_eval", "report_cmd")
-_register("mrlite.push", "push_cmd")
-_register("mrlite.bench", "bench_group")
+_register("mrlite.tools.plan", "plan_cmd")
+_register("mrlite.tools.doctor", "doctor_cmd")
+_register("mrlite.cli.data", "data_group")
+_register("mrlite.cli.eval", "eval_cmd")
+_register("mrlite.cli.eval", "report_cmd")
+_register("mrlite.hub.push", "push_cmd")
+_register("mrlite.tools.bench", "bench_group")
 # (end of command registrations)
 
 

@@ -3,7 +3,7 @@
 The stage calls ``train_call``; with one process it is the trainer backend's own ``train_dpo``/``train_sft`` in
 this process (today's path, unchanged). With ``N > 1`` it starts
 
-    python -m accelerate.commands.launch --multi_gpu --num_processes N ... -m mrlite.distributed <args>
+    python -m accelerate.commands.launch --multi_gpu --num_processes N ... -m mrlite.scale.distributed <args>
 
 (``accelerate launch``'s multi-process launcher: torchrun underneath; on a machine without CUDA the trainer's
 ``use_cpu`` makes every process join a gloo group) and waits. Each process runs the same TRL trainer; TRL's
@@ -86,7 +86,7 @@ def launch_args(recipe: Recipe, port: int) -> list[str]:
 
 def launch_command(recipe_file: Path, recipe: Recipe, iteration: int, kind: str, rows: Path, base: str, out: Path,
                    port: int) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", *launch_args(recipe, port), "-m", "mrlite.distributed",
+    return [sys.executable, "-m", "accelerate.commands.launch", *launch_args(recipe, port), "-m", "mrlite.scale.distributed",
             "--recipe", str(recipe_file), "--iteration", str(iteration), "--kind", kind, str(rows), base, str(out)]
 
 
@@ -130,7 +130,7 @@ def launch(recipe: Recipe, iteration: int, kind: str, rows: Path, base: str, out
 
 def main(argv: list[str] | None = None) -> int:
     """One process of a multi-process training call (started by ``accelerate launch``)."""
-    p = argparse.ArgumentParser(prog="python -m mrlite.distributed")
+    p = argparse.ArgumentParser(prog="python -m mrlite.scale.distributed")
     p.add_argument("--recipe", required=True)
     p.add_argument("--iteration", type=int, required=True)
     p.add_argument("--kind", choices=("dpo", "sft"), required=True)

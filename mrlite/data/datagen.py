@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from mrlite.backends.base import GenRequest, Generator, Sampling, fits
-from mrlite.dedup import NearDuplicateIndex
-from mrlite.oasst import RankedPrompt, order_agrees
-from mrlite.parsing import parse_score
-from mrlite.prompts import render_judge
+from mrlite.data.dedup import NearDuplicateIndex
+from mrlite.data.oasst import RankedPrompt, order_agrees
+from mrlite.core.parsing import parse_score
+from mrlite.core.prompts import render_judge
 from mrlite.recipe import Recipe, recipe_from_dict
 from mrlite.rundir import derive_seed, fingerprint
 
@@ -114,7 +114,7 @@ def prompt_requests(seeds: Sequence[str], first: int, count: int, *, shots: int 
 
 class TaskFilter:
     """Which written tasks join the pool: length-bounded, no leftover tag, not an exact or near duplicate of a
-    seed prompt or of a task kept before (``mrlite.dedup``). ``stats`` counts each reason."""
+    seed prompt or of a task kept before (``mrlite.data.dedup``). ``stats`` counts each reason."""
 
     def __init__(self, seeds: Sequence[str], *, min_chars: int = 10, max_chars: int = 2000, similarity: str = "exact",
                  threshold: float = 0.8, shingle_chars: int = 5):
@@ -167,7 +167,7 @@ def generate_prompts(seeds: Sequence[str], generator: Generator, n: int, *, shot
         min_chars: Shortest task kept.
         max_chars: Longest task kept.
         max_rounds: Give up after this many rounds.
-        similarity: ``"exact"`` or ``"jaccard"`` (``mrlite.dedup``).
+        similarity: ``"exact"`` or ``"jaccard"`` (``mrlite.data.dedup``).
         threshold: Jaccard threshold for ``"jaccard"``.
 
     Returns:

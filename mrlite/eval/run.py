@@ -19,19 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mrlite.backends.base import GenRequest, Sampling, fits
-from mrlite.datagen import judge_scores, open_generator
-from mrlite.diagnostics import mean_score
+from mrlite.data.datagen import judge_scores, open_generator
+from mrlite.core.diagnostics import mean_score
 from mrlite.errors import MrliteError
-from mrlite.fmt import pct
-from mrlite.oasst import human_agreement, load_ranked
+from mrlite.core.fmt import pct
+from mrlite.data.oasst import human_agreement, load_ranked
 from mrlite.recipe import Recipe, load_recipe
 from mrlite.rundir import (
     RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_text, derive_seed, model_identity, read_jsonl,
 )
-from mrlite.runstats import meta_judge_biases, run_iterations
-from mrlite.sources import PromptPool, load_prompt_pool, normalize_prompt
-from mrlite.eval_judge import PROMPT_VERSION, EndpointJudge, JsonlCache, LocalJudge, judge_comparison, key_of
-from mrlite.winrate import LC_NAME, PromptResult, judge_agreement, summarize
+from mrlite.report.runstats import meta_judge_biases, run_iterations
+from mrlite.data.sources import PromptPool, load_prompt_pool, normalize_prompt
+from mrlite.eval.judge import PROMPT_VERSION, EndpointJudge, JsonlCache, LocalJudge, judge_comparison, key_of
+from mrlite.eval.winrate import LC_NAME, PromptResult, judge_agreement, summarize
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def open_judge(spec: str, rd: RunDir, recipe: Recipe, models: list[EvalModel], *
         EndpointError: a bad spec or a missing key. ModelError: an unknown model.
     """
     if spec.startswith("openai:"):
-        from mrlite.endpoint import OpenAIChat, parse_judge_spec
+        from mrlite.eval.endpoint import OpenAIChat, parse_judge_spec
 
         url, name = parse_judge_spec(spec)
         client = OpenAIChat(url, name, api_key_env=api_key_env, concurrency=concurrency, retries=retries)

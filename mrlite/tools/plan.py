@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from mrlite.recipe import Recipe
-from mrlite.shapes import (
+from mrlite.hardware.shapes import (
     GIB, KNOWN_SHAPES, NF4_BYTES, TRAIN_OVERHEAD_GIB, ModelShape, model_shape, weights_gib_16bit,
 )
 
@@ -190,7 +190,7 @@ def host_memory(recipe: Recipe, shape: ModelShape, stage: str, shard_gib: float 
       on the host before moving to the GPU.
     - Training: unsloth and 4-bit loads go straight to the GPU, a 16-bit TRL load passes through the host;
       unsloth's offloaded gradient checkpointing keeps one activation per layer in pinned host memory.
-    - The merge that ends training streams shard by shard (``mrlite.merge``): one shard, the adapter, a margin.
+    - The merge that ends training streams shard by shard (``mrlite.backends.merge``): one shard, the adapter, a margin.
     """
     weights16 = shape.params * 2 / GIB
     if stage in GEN_STAGES:
@@ -203,7 +203,7 @@ def host_memory(recipe: Recipe, shape: ModelShape, stage: str, shard_gib: float 
     seqs = cfg.batch_size * (2 if stage == "train" else 1)
     offload = shape.layers * seqs * cfg.max_length * shape.hidden * 2 / GIB if unsloth else 0.0
     adapter = shape.lora_params(cfg.lora.r, cfg.lora.target_modules) * 4 / GIB
-    from mrlite.merge import host_ram_gib
+    from mrlite.backends.merge import host_ram_gib
 
     return HOST_RUNTIME_GIB + max(load + offload, host_ram_gib(shard_gib, adapter))
 
@@ -338,7 +338,7 @@ def prompt_tokens_of(recipe: Recipe) -> tuple[float, str | None]:
         src, column, split, max_chars = grow.seeds, grow.seeds_column, grow.seeds_split, grow.max_chars
     if src != "builtin" and not Path(src).is_file():
         return 100.0, f"data.prompts {src!r} is not a local file here; assuming 100-token prompts"
-    from mrlite.sources import SourceError, load_prompt_pool
+    from mrlite.data.sources import SourceError, load_prompt_pool
 
     try:
         pool = load_prompt_pool(src, column, split, max_chars)
@@ -357,7 +357,7 @@ def prompt_tokens_of(recipe: Recipe) -> tuple[float, str | None]:
 
 
 def template_tokens() -> tuple[float, float]:
-    from mrlite.prompts import render_judge, render_meta_judge
+    from mrlite.core.prompts import render_judge, render_meta_judge
 
     return len(render_judge("", "")) / CHARS_PER_TOKEN, len(render_meta_judge("", "", "", "")) / CHARS_PER_TOKEN
 
@@ -435,7 +435,7 @@ def plan_cmd(recipe, sets, gpu_mem, gpu_name, throughput, host_ram, strict, n_gp
             f"or use one of: {', '.join(k for k in KNOWN_SHAPES if '/' in k)}")
     detected = None
     if gpu_mem is None and gpu_name is None:
-        from mrlite.gpu import gpus
+        from mrlite.hardware.gpu import gpus
 
         devs = gpus(use_torch=False)  # nvidia-smi only: planning never imports torch
         detected = devs[0] if devs else None
@@ -451,7 +451,7 @@ def plan_cmd(recipe, sets, gpu_mem, gpu_name, throughput, host_ram, strict, n_gp
     jt, mt = template_tokens()
     rows = estimate(r, shape, card, rates, prompt_tokens=ptok, judge_rubric_tokens=jt, meta_rubric_tokens=mt,
                     quantization=quant if r.backends.generator == "vllm" else None)
-    from mrlite import topology  # more than one GPU: DP/TP/processes, NVLink or PCIe
+    from mrlite.hardware import topology  # more than one GPU: DP/TP/processes, NVLink or PCIe
 
     rows, topo_line, topo_warnings = topology.plan_for(r, rows, shape, card.total_gib, rates, n_gpus)
     src = "your measured figures" if throughput else f"default estimates for {key}, scaled to this model"
@@ -484,7 +484,7 @@ def plan_cmd(recipe, sets, gpu_mem, gpu_name, throughput, host_ram, strict, n_gp
     click.echo(f"disk: {d['per_model']:.1f} GiB per merged model x {d['models']} = {d['merged_total']:.0f} GiB"
                + (f", + {d['base_download']:.0f} GiB base download" if d["base_download"] else "")
                + "; keep M_0 and the last 1-2 iterations to save space")
-    from mrlite.gpu import free_disk_gib
+    from mrlite.hardware.gpu import free_disk_gib
 
     free = free_disk_gib(Path("runs"))
     if free < d["total"]:

@@ -15,12 +15,12 @@ from string import Template
 
 from mrlite.backends.base import GenRequest, Sampling, fits
 from mrlite.rundir import atomic_write_jsonl, derive_seed, hash_parts, read_jsonl
-from mrlite.parsing import parse_pairwise
-from mrlite.winrate import PromptResult
+from mrlite.core.parsing import parse_pairwise
+from mrlite.eval.winrate import PromptResult
 
 PAIRWISE_TEMPLATE = "eval_pairwise.txt"
 """Eval's pairwise-answer judge prompt in ``mrlite/templates/`` (MT-Bench's verdict format); its answer is read
-by ``mrlite.parsing.parse_pairwise``."""
+by ``mrlite.core.parsing.parse_pairwise``."""
 PROMPT_VERSION = "mrlite-pairwise-v1"
 """Part of every verdict's cache key: change it when the prompt changes."""
 
@@ -28,7 +28,7 @@ PROMPT_VERSION = "mrlite-pairwise-v1"
 @functools.cache
 def pairwise_template() -> Template:
     """The pairwise judge template (``$prompt``, ``$answer_a``, ``$answer_b``)."""
-    from mrlite.prompts import load_template
+    from mrlite.core.prompts import load_template
 
     return Template(load_template(str(importlib.resources.files("mrlite") / "templates" / PAIRWISE_TEMPLATE)))
 
@@ -80,7 +80,7 @@ class LocalJudge:
 
 
 class EndpointJudge:
-    """A judge behind an OpenAI-compatible endpoint (``mrlite.endpoint``)."""
+    """A judge behind an OpenAI-compatible endpoint (``mrlite.eval.endpoint``)."""
 
     def __init__(self, client, max_tokens: int):
         self.client, self.identity, self.max_tokens = client, client.identity, max_tokens

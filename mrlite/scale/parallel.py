@@ -3,7 +3,7 @@
 A generation stage cuts its prompts into chunks with fixed boundaries, seeds every row from (run seed, iteration,
 stage, row id) and writes each chunk whole (``iter_NN/.parts/<stage>/chunk_NNNNN.json``). Chunks are therefore
 independent of which process generates them, so data parallelism needs no protocol of its own: when a stage has
-missing chunks and the recipe asks for several workers, ``fan_out`` starts ``python -m mrlite.parallel`` once per
+missing chunks and the recipe asks for several workers, ``fan_out`` starts ``python -m mrlite.scale.parallel`` once per
 worker, worker ``w`` taking missing chunks ``w, w+W, w+2W, ...``, waits for all of them, and the stage then reads
 every chunk from disk as it does on resume. Nothing else changes: resume, the chunk layout and the byte-identity
 of the stage's files hold as with one process.
@@ -130,7 +130,7 @@ def fan_out(ctx: StageContext, stage: str, parts: Path, n_chunks: int) -> set[in
     procs: list[subprocess.Popen] = []
     try:
         for w, (mine, device) in enumerate(zip(shares, devices, strict=True)):
-            cmd = [sys.executable, "-m", "mrlite.parallel", str(ctx.run.root), "--iter", str(ctx.t), "--stage", stage,
+            cmd = [sys.executable, "-m", "mrlite.scale.parallel", str(ctx.run.root), "--iter", str(ctx.t), "--stage", stage,
                    "--worker", str(w), "--chunks", ",".join(map(str, mine))]
             log.debug("subprocess: %s", " ".join(cmd))
             procs.append(subprocess.Popen(cmd, env=worker_env(os.environ, device, len(shares), os.cpu_count() or 1)))
@@ -153,7 +153,7 @@ def _devices(recipe: Recipe, workers: int) -> list[str | None]:
 
     ids: list[str] = []
     if recipe.backends.generator != "fake":
-        from mrlite.gpu import gpus
+        from mrlite.hardware.gpu import gpus
 
         ids = visible_gpu_ids(os.environ, len(gpus(use_torch=False) or []))  # nvidia-smi only: no CUDA context
     try:
@@ -182,7 +182,7 @@ class _ScratchRun(RunDir):
 
 
 def run_worker(run_dir: Path, t: int, stage: str, worker: int, chunks: set[int]) -> None:
-    """Body of ``python -m mrlite.parallel``: generate ``chunks`` of one stage of one iteration."""
+    """Body of ``python -m mrlite.scale.parallel``: generate ``chunks`` of one stage of one iteration."""
     global _ASSIGNED
     from mrlite.recipe import load_recipe
     from mrlite.stages import StageContext, module
@@ -205,7 +205,7 @@ def run_worker(run_dir: Path, t: int, stage: str, worker: int, chunks: set[int])
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mrlite.parallel", description="One generation worker (internal).")
+    p = argparse.ArgumentParser(prog="python -m mrlite.scale.parallel", description="One generation worker (internal).")
     p.add_argument("run_dir")
     p.add_argument("--iter", dest="t", type=int, required=True)
     p.add_argument("--stage", required=True)
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     from mrlite.errors import MrliteError, setup_cli_logging
 
     setup_cli_logging(0, True)
-    from mrlite import parallel  # this file runs as __main__: the stage code reads the imported module's state
+    from mrlite.scale import parallel  # this file runs as __main__: the stage code reads the imported module's state
 
     try:
         parallel.run_worker(Path(a.run_dir), a.t, a.stage, a.worker, {int(x) for x in a.chunks.split(",") if x})
