@@ -236,6 +236,28 @@ def run(recipe: Recipe, out: str | Path | None = None, *, only: str | None = Non
     Raises:
         RecipeError, RunDirError, StageError, StageFailed: user-fixable problems (one line each).
     """
+    _check_args(recipe, only, from_stage, iters)
+    rd = RunDir(Path(out) if out is not None else default_out(recipe))
+    with _opened(rd) as opened:
+        steps = _steps(recipe, rd, only, from_stage, iters)
+        _preflight(recipe, rd, steps, force or from_stage is not None)
+        _init_run_dir(recipe, rd)
+        _save_recipe(recipe, rd)
+        opened.log_to_file()
+        log.info("mrlite run %s → %s (resolved recipe: %s; -v prints it)", recipe.name, rd.root, rd.root / "recipe.yaml")
+        log.debug("mrlite %s: run %s in %s\n%s", __version__, recipe.name, rd.root, recipe.to_yaml())
+        if from_stage is not None:
+            _forget_from(rd, steps, from_stage)
+        report = RunReport(rd.root)
+        isolate_heavy = _isolate(recipe, isolate)
+        # The algorithm: iteration 0 (prompts → [eft_data →] eft), then per iteration
+        # sample → judge → meta_judge (one process) → pairs → train; `steps` lists them in that order.
+        for group in _groups(steps):
+            _run_group(recipe, rd, group, force, isolate_heavy, report)
+        return report
+
+
+def _check_args(recipe: Recipe, only: str | None, from_stage: str | None, iters: list[int] | None) -> None:
     if only is not None and from_stage is not None:
         raise RecipeError("--only and --from exclude each other; use one")
     for name, value in (("--only", only), ("--from", from_stage)):
@@ -245,59 +267,66 @@ def run(recipe: Recipe, out: str | Path | None = None, *, only: str | None = Non
         bad = [k for k in iters if not 0 <= k <= recipe.loop.iterations]
         if bad:
             raise RecipeError(f"--iter {bad[0]} is outside this recipe's iterations 0..{recipe.loop.iterations}")
-    rd = RunDir(Path(out) if out is not None else default_out(recipe))
-    created = not rd.root.exists()
-    rd.acquire_lock()
-    handler = None
-    try:
-        steps = plan(recipe, only, iters)
-        if from_stage is not None:
-            _check_from(steps, from_stage)
-        if (any(s == "sample" for _, s in steps) and (0, "prompts") not in steps
-                and state(StageContext(recipe, rd, 0), "prompts")[0] == "missing"):
-            steps = [(0, "prompts"), *steps]  # --only/--iter on a fresh run: the pool comes first
-        _preflight(recipe, rd, steps, force or from_stage is not None)
-        _init_run_dir(recipe, rd)
-        _save_recipe(recipe, rd)
-        handler = add_file_log(rd.root / "log.txt")
-        log.info("mrlite run %s → %s (resolved recipe: %s; -v prints it)", recipe.name, rd.root, rd.root / "recipe.yaml")
-        log.debug("mrlite %s: run %s in %s\n%s", __version__, recipe.name, rd.root, recipe.to_yaml())
-        if from_stage is not None:
-            _forget_from(rd, steps, from_stage)
-        report = RunReport(rd.root)
-        isolate_heavy = _isolate(recipe, isolate)
-        for group in _groups(steps):
-            t = group[0][0]
-            ctx = StageContext(recipe, rd, t, force)
-            todo = []
+
+
+class _opened:
+    """The run directory held for one run: its lock, and log.txt once the run writes; on exit both are released
+    and a directory refused before anything was written is removed again."""
+
+    def __init__(self, rd: RunDir):
+        self.rd, self.handler = rd, None
+
+    def __enter__(self) -> _opened:
+        self.created = not self.rd.root.exists()
+        self.rd.acquire_lock()
+        return self
+
+    def log_to_file(self) -> None:
+        self.handler = add_file_log(self.rd.root / "log.txt")
+
+    def __exit__(self, *exc) -> None:
+        if self.handler is not None:
+            logging.getLogger("mrlite").removeHandler(self.handler)
+            self.handler.close()
+        self.rd.release_lock()
+        if self.created and self.rd.root.is_dir() and not any(self.rd.root.iterdir()):
+            self.rd.root.rmdir()  # refused before anything was written: leave nothing behind
+
+
+def _steps(recipe: Recipe, rd: RunDir, only: str | None, from_stage: str | None,
+           iters: list[int] | None) -> list[tuple[int, str]]:
+    steps = plan(recipe, only, iters)
+    if from_stage is not None:
+        _check_from(steps, from_stage)
+    if (any(s == "sample" for _, s in steps) and (0, "prompts") not in steps
+            and state(StageContext(recipe, rd, 0), "prompts")[0] == "missing"):
+        steps = [(0, "prompts"), *steps]  # --only/--iter on a fresh run: the pool comes first
+    return steps
+
+
+def _run_group(recipe: Recipe, rd: RunDir, group: list[tuple[int, str]], force: bool, isolate_heavy: bool,
+               report: RunReport) -> None:
+    """Run the stages of one group (one iteration's generation stages, or a single stage): in a stage
+    subprocess when a heavy stage has work to do (vLLM frees its GPU memory only when its process ends)."""
+    t = group[0][0]
+    ctx = StageContext(recipe, rd, t, force)
+    todo = [s for _, s in group if state(ctx, s)[0] in ("missing", "stale")]
+    if isolate_heavy and todo and any(s in HEAVY_STAGES for s in todo):
+        for _, s in group:
+            if s not in todo and state(ctx, s)[0] == "done":
+                run_stage(ctx, s)
+                report.steps.append((t, s, "cached"))
+        _run_worker(rd.root, t, todo, force)
+        report.steps.extend((t, s, "ran") for s in todo)
+    else:
+        try:
             for _, s in group:
-                st, _ = state(ctx, s)
-                if st in ("missing", "stale"):
-                    todo.append(s)
-            if isolate_heavy and todo and any(s in HEAVY_STAGES for s in todo):
-                for _, s in group:
-                    if s not in todo and state(ctx, s)[0] == "done":
-                        run_stage(ctx, s)
-                        report.steps.append((t, s, "cached"))
-                _run_worker(rd.root, t, todo, force)
-                report.steps.extend((t, s, "ran") for s in todo)
-            else:
-                try:
-                    for _, s in group:
-                        report.steps.append((t, s, run_stage(ctx, s)))
-                finally:
-                    ctx.close()
-            for _, s in group:  # judge health of each stage that just ran → the recipe's trackers
-                if s in todo:
-                    log_stage(recipe, rd.root, t, s)
-        return report
-    finally:
-        if handler is not None:
-            logging.getLogger("mrlite").removeHandler(handler)
-            handler.close()
-        rd.release_lock()
-        if created and rd.root.is_dir() and not any(rd.root.iterdir()):
-            rd.root.rmdir()  # refused before anything was written: leave nothing behind
+                report.steps.append((t, s, run_stage(ctx, s)))
+        finally:
+            ctx.close()
+    for _, s in group:  # judge health of each stage that just ran → the recipe's trackers
+        if s in todo:
+            log_stage(recipe, rd.root, t, s)
 
 
 def _check_from(steps: list[tuple[int, str]], stage: str) -> tuple[int, str]:
