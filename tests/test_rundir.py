@@ -257,3 +257,15 @@ def test_lock_with_garbage_is_taken_over(tmp_path: Path, content: str) -> None:
     assert json.loads((rd.root / ".lock").read_text())["pid"] == os.getpid()
     rd.release_lock()
     assert not (rd.root / ".lock").exists()
+
+
+def test_marker_input_keys_do_not_name_the_checkout(tmp_path) -> None:
+    """Shipped files are named by their place in the package, so one recipe writes the same markers from any
+    checkout or install (the absolute path used to differ between two clones)."""
+    from mrlite.data.sources import builtin_path
+    from mrlite.stages import input_key
+
+    run = tmp_path / "run"
+    assert input_key(run, builtin_path("prompts.jsonl")) == "mrlite:data/prompts.jsonl"
+    assert input_key(run, run / "iter_00" / "pool.jsonl") == "iter_00/pool.jsonl"
+    assert input_key(run, tmp_path / "mine.jsonl") == str(tmp_path / "mine.jsonl")

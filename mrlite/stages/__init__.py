@@ -168,12 +168,21 @@ def stage_iterations(recipe: Recipe, stage: str) -> list[int]:
 # state of one stage
 
 
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
+def input_key(run_root: Path, p: Path) -> str:
+    """A stage input's name in its marker: relative to the run directory, ``mrlite:<path>`` for files shipped in
+    the package (so the same recipe run from two checkouts or installs writes the same markers), else the path."""
+    if p.is_relative_to(run_root):
+        return p.relative_to(run_root).as_posix()
+    if p.resolve().is_relative_to(PACKAGE_DIR):
+        return "mrlite:" + p.resolve().relative_to(PACKAGE_DIR).as_posix()
+    return str(p)
+
+
 def _input_fingerprints(ctx: StageContext, mod: Stage) -> dict[str, str]:
-    out = {}
-    for p in mod.inputs(ctx):
-        key = p.relative_to(ctx.run.root).as_posix() if p.is_relative_to(ctx.run.root) else str(p)
-        out[key] = fingerprint(p)
-    return out
+    return {input_key(ctx.run.root, p): fingerprint(p) for p in mod.inputs(ctx)}
 
 
 def expected_marker_keys(ctx: StageContext, stage: str) -> dict:
