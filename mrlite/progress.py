@@ -11,6 +11,7 @@ directories stay byte-identical. Exercised by: ``mrlite run recipes/tiny.yaml`` 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -88,10 +89,13 @@ class StageProgress:
                 "started": round(self.t0, 3), "updated": round(time.time(), 3), "eta_s": self.eta_s()}
 
     def _write(self) -> None:
-        from mrlite.rundir import atomic_write_text
-
-        if self.parts.is_dir():
-            atomic_write_text(self.parts / PROGRESS_FILE, json.dumps(self.record()) + "\n")
+        if not self.parts.is_dir():
+            return
+        # tmp + rename, with a tmp name of this process's own: generation workers of one stage share the folder,
+        # and a common tmp name would let one worker rename another's file away mid-write.
+        tmp = self.parts / f"{PROGRESS_FILE}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(self.record()) + "\n", encoding="utf-8")
+        os.replace(tmp, self.parts / PROGRESS_FILE)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -86,7 +86,8 @@ def test_push_dry_run_on_a_real_run(tb_run, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    pairs = datasets.load_dataset(str(data_dir), "pairs_actor", split="iter_01")
+    pairs = datasets.load_dataset(str(data_dir), "pairs_actor", split="iter_01",
+                                  cache_dir=str(data_dir.parent / "hf_datasets"))  # not another run's cache
     model_dir = str(card_dir)  # the pushed model itself
     trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir),
                          args=DPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=1, report_to="none",

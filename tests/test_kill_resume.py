@@ -134,7 +134,7 @@ def test_kill_during_the_eft_build_then_resume_is_identical(point: str, tmp_path
     assert killed.returncode == 99, f"fault {point} was never reached: {killed.stderr[-500:]}"
     if point == "eft_data:chunk@2":
         assert sorted(p.name for p in (out / "iter_00" / ".parts" / "eft_data").iterdir()) == [
-            "chunk_00000.json", "chunk_00001.json", "parts.json"]
+            "chunk_00000.json", "chunk_00001.json", "parts.json", "progress.json"]
     resumed = _run_eft(out)
     assert resumed.returncode == 0, resumed.stderr
     assert snapshot(out) == eft_reference

@@ -37,7 +37,7 @@ def run_killed_then_resumed(recipe: str, out: Path, sets: list[str], stage: str)
         args += ["--set", s]
     killed = mrlite(args, {"MRLITE_FAULT": f"{stage}:before_marker"})
     assert killed.returncode != 0, killed.stderr
-    chunks = hashes(out, f"iter_01/.parts/{stage}")
+    chunks = {k: v for k, v in hashes(out, f"iter_01/.parts/{stage}").items() if not k.endswith("progress.json")}
     assert chunks and not any(".worker" in k for k in chunks), chunks  # the workers' scratch folders are gone
     done = mrlite(args)
     assert done.returncode == 0, done.stderr

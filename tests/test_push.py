@@ -95,12 +95,15 @@ def test_dry_run_data_loads_with_load_dataset(smoke_run, tmp_path):
     assert [c["config_name"] for c in meta["configs"]] == \
         ["prompts", "responses", "judgments", "meta_judgments", "pairs_actor", "pairs_judge"]
     n_pairs = sum(1 for _ in open(smoke_run / "iter_02" / "pairs_actor.jsonl"))
-    ds = datasets.load_dataset(str(out), "pairs_actor")
+    # a private cache: datasets keys a local folder's cache by its name, so another run's "data" folder would be reused
+    cache = str(tmp_path / "hf_datasets")
+    ds = datasets.load_dataset(str(out), "pairs_actor", cache_dir=cache)
     assert sorted(ds) == ["iter_01", "iter_02"] and ds["iter_02"].num_rows == n_pairs
     row = ds["iter_01"][0]
     assert row["prompt"][0]["role"] == "user" and row["chosen"][0]["role"] == "assistant"  # TRL preference format
     # the documented local form on the run directory gives the same rows
-    local = datasets.load_dataset("json", data_files={"iter_01": str(smoke_run / "iter_01" / "pairs_actor.jsonl")})
+    local = datasets.load_dataset("json", data_files={"iter_01": str(smoke_run / "iter_01" / "pairs_actor.jsonl")},
+                                  cache_dir=cache)
     assert local["iter_01"].to_list() == ds["iter_01"].to_list()
 
 
