@@ -13,6 +13,7 @@ import logging
 import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from mrlite.scale import parallel
@@ -34,9 +35,9 @@ def sampling_of(cfg) -> Sampling:
     return Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
 
 
-def generate_in_chunks(ctx: StageContext, stage: str, units: Sequence, build: Build, collect: Collect,
-                       sampling: Sampling) -> tuple[list[dict], dict]:
-    """Generate every unit's requests chunk by chunk; returns all rows and the summed stats."""
+def chunk_folder(ctx: StageContext, stage: str) -> Path:
+    """A stage's chunk folder (``.parts/<stage>``), emptied first when it holds chunks of other inputs or
+    settings (its ``parts.json`` records the key they were made with)."""
     parts = ctx.run.parts_dir(ctx.t, stage)
     key = config_hash(expected_marker_keys(ctx, stage))
     meta = parts / "parts.json"
@@ -51,6 +52,13 @@ def generate_in_chunks(ctx: StageContext, stage: str, units: Sequence, build: Bu
     if not parts.exists():
         parts.mkdir(parents=True)
         atomic_write_text(meta, json.dumps({"key": key}) + "\n")
+    return parts
+
+
+def generate_in_chunks(ctx: StageContext, stage: str, units: Sequence, build: Build, collect: Collect,
+                       sampling: Sampling) -> tuple[list[dict], dict]:
+    """Generate every unit's requests chunk by chunk; returns all rows and the summed stats."""
+    parts = chunk_folder(ctx, stage)
 
     size = ctx.recipe.loop.chunk_size
     rows: list[dict] = []

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections import Counter
 from pathlib import Path
 
 from mrlite.backends.base import Sampling
-from mrlite.rundir import atomic_write_json, atomic_write_jsonl, atomic_write_text, config_hash, read_jsonl
+from mrlite.rundir import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from mrlite.data.sources import builtin_path, is_hub_id, load_prompt_pool
-from mrlite.stages import StageContext, StageError, expected_marker_keys, fault_point
+from mrlite.stages import StageContext, StageError, fault_point
+from mrlite.stages._gen import chunk_folder
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def _grow(ctx: StageContext, g) -> tuple[list[dict], dict]:
     sampling = Sampling(temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens)
     size = r.loop.chunk_size
     max_requests = g.max_requests or 2 * g.n
-    parts = _parts(ctx)
+    parts = chunk_folder(ctx, "prompts")
     rows: list[dict] = []
     st: Counter = Counter()
     gen, own = None, False
@@ -181,25 +181,6 @@ def _grow(ctx: StageContext, g) -> tuple[list[dict], dict]:
         "similarity": {"measure": g.similarity, "threshold": g.similarity_threshold, "shingle_chars": g.shingle_chars},
         "seed": r.loop.seed, "stats": dict(sorted(st.items())),
     }
-
-
-def _parts(ctx: StageContext) -> Path:
-    """The chunk folder, emptied when it holds chunks of other inputs or settings."""
-    parts = ctx.run.parts_dir(ctx.t, "prompts")
-    key = config_hash(expected_marker_keys(ctx, "prompts"))
-    meta = parts / "parts.json"
-    if parts.exists():
-        try:
-            ok = json.loads(meta.read_text())["key"] == key
-        except (OSError, ValueError, KeyError):
-            ok = False
-        if not ok:
-            log.info("prompts: discarding partial chunks from different inputs/settings")
-            shutil.rmtree(parts)
-    if not parts.exists():
-        parts.mkdir(parents=True)
-        atomic_write_text(meta, json.dumps({"key": key}) + "\n")
-    return parts
 
 
 def _generator(ctx: StageContext, g):
