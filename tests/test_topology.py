@@ -6,7 +6,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from mrlite.tools.plan import plan_cmd
+from mrlite.cli.plan import plan_cmd
 from mrlite.recipe import load_recipe
 from mrlite.hardware.shapes import model_shape
 from mrlite.hardware.topology import Topology, fit_warnings, full_train_gib, generation_engines, parse_topo

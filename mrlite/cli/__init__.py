@@ -176,7 +176,7 @@ def _register(module: str, attr: str) -> None:
     cli.add_command(getattr(importlib.import_module(module), attr))
 
 
-_register("mrlite.tools.plan", "plan_cmd")
+_register("mrlite.cli.plan", "plan_cmd")
 _register("mrlite.tools.doctor", "doctor_cmd")
 _register("mrlite.cli.data", "data_group")
 _register("mrlite.cli.eval", "eval_cmd")
