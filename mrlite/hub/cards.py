@@ -124,7 +124,8 @@ def judge_health(rd: RunDir, t: int) -> dict:
         b = mj["battles"]
         out["meta_judge"] = {"battles": b, "decided_rate": (b - mj.get("undecided", 0)) / b,
                              "forced_rate": mj.get("parsed_forced", 0) / b,
-                             "positional_bias": mj.get("positional_bias"), "score_bias": mj.get("score_bias")}
+                             "positional_bias": mj.get("positional_bias"), "slot_a_share": mj.get("slot_a_share"),
+                             "score_bias": mj.get("score_bias")}
     if pr:
         out["pairs"] = {"actor": pr.get("actor_pairs", 0), "judge": pr.get("judge_pairs", 0),
                         "rho": pr.get("rho"), "guardrail": pr.get("guardrail")}

@@ -74,7 +74,8 @@ def health_scalars(run_root: Path, t: int, stage: str) -> dict[str, float]:
     elif stage == "meta_judge" and h["meta_judge"]:
         m = h["meta_judge"]
         out = {"meta_judge/decided_rate": m["decided_rate"], "meta_judge/forced_rate": m["forced_rate"],
-               "meta_judge/positional_bias": m["positional_bias"], "meta_judge/score_bias": m["score_bias"]}
+               "meta_judge/positional_bias": m["positional_bias"], "meta_judge/slot_a_share": m.get("slot_a_share"),
+               "meta_judge/score_bias": m["score_bias"]}
     elif stage == "pairs" and h["pairs"]:
         out = {"pairs/actor": h["pairs"]["actor"], "pairs/judge": h["pairs"]["judge"]}
     elif stage == "train" and h["train"]:
