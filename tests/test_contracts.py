@@ -327,3 +327,18 @@ def test_unsloth_keywords_exist(tmp_path) -> None:
     assert f'"{MERGE_METHOD}"' in save
     init = src.read("__init__.py")
     assert "is_bfloat16_supported" in init and "FastLanguageModel" in init
+
+
+def test_trl_fused_head_reads_the_compact_switch() -> None:
+    """``train_core.compact_lm_head`` flips TRL's own "score labelled positions only" decision on CPU: the installed
+    TRL must still take that decision from ``trl.trainer.utils._use_triton`` inside ``add_fused_lm_head``."""
+    pytest.importorskip("trl")
+    import trl
+    from trl.trainer import utils as trl_utils
+
+    src = inspect.getsource(trl_utils.add_fused_lm_head)
+    assert callable(getattr(trl_utils, "_use_triton", None)), f"trl {trl.__version__}: no trl.trainer.utils._use_triton"
+    assert "compact = _use_triton(" in src and "hidden_states[mask] if compact" in src, (
+        f"trl {trl.__version__}: add_fused_lm_head no longer decides 'compact' with _use_triton; revisit "
+        "mrlite.backends.train_core.compact_lm_head"
+    )

@@ -203,3 +203,46 @@ def test_dpo_4bit_trains_and_merges_unquantised(tiny_model, tmp_path):
     # Merged into the unquantised base: the untouched tensors (embeddings, norms) are bit-identical to it.
     assert torch.equal(base["model.embed_tokens.weight"], merged["model.embed_tokens.weight"])
     assert any(not torch.equal(base[k], merged[k]) for k in base if "proj" in k)
+
+
+def test_compact_lm_head_same_log_probs_fewer_positions(tiny_model, monkeypatch):
+    """On CPU the fused LM head projects only labelled positions (TRL 1.16 projects all of them off Triton),
+    with the same per-token log-probs: the DPO/SFT loss is unchanged, the step is about half."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer import utils as trl_utils
+
+    from mrlite.backends import train_core as core
+
+    monkeypatch.setattr(trl_utils, "_use_triton", trl_utils._use_triton)  # restored after the test
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    ids = torch.randint(0, model.config.vocab_size, (3, 24))
+    labels = ids.masked_fill(torch.arange(24) < 17, -100)  # a 17-token prompt, 7 completion tokens
+    rows: list[int] = []
+    real_mm = torch.mm
+
+    def counting_mm(a, b, *args, **kw):
+        if "out" in kw:  # the head's projection of one tile of positions x one slice of the vocabulary
+            rows.append(a.shape[0])
+        return real_mm(a, b, *args, **kw)
+
+    def run():
+        rows.clear()
+        with torch.no_grad(), monkeypatch.context() as m:
+            m.setattr(torch, "mm", counting_mm)
+            out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        return out, sum(rows)
+
+    full, full_rows = run()
+    assert core.compact_lm_head() is True
+    assert core.compact_lm_head() is False  # once per process
+    compact, compact_rows = run()
+    slices = -(-model.config.vocab_size // trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE)
+    assert full_rows == 3 * 23 * slices  # every position of the 3 rows
+    assert compact_rows == 3 * 7 * slices  # only the 7 labelled positions per row
+    torch.testing.assert_close(compact.log_probs, full.log_probs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(compact.entropy * (labels[:, 1:] != -100), full.entropy * (labels[:, 1:] != -100),
+                               rtol=0, atol=1e-5)
+    assert torch.equal(compact.is_top1, full.is_top1)

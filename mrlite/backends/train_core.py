@@ -205,6 +205,40 @@ def trainer_config(cls, recipe: Recipe, kind: str, iteration: int, out: Path, ba
 
 
 # --------------------------------------------------------------------------------------------------------------
+# The LM head: score the labelled positions only
+
+
+def compact_lm_head() -> bool:
+    """Make TRL's fused LM head project only the positions that carry a label on CPUs too; True when it changed.
+
+    TRL's DPO and SFT trainers score tokens with a fused LM head (``add_fused_lm_head``). TRL 1.15 projected only
+    the labelled (completion) positions; 1.16 does so only on Triton devices and projects every position, prompt
+    and padding included, elsewhere (so that Neuron compiles one tile shape). On a CPU that is most of a step: a
+    judge-pair batch of SmolLM2-135M has ~2,100 positions of which ~300 are labelled, and the head's 49k-wide
+    projection, its softmax statistics and their backward took 14 of 35 s (torch profiler, 2 cores). Scoring only
+    the labelled positions gives the same per-token values (rows of one matmul) and halves the DPO step.
+
+    The switch is TRL's own (``trl.trainer.utils._use_triton`` decides "compact"); its kernels keep their own copy
+    of the function, so CPUs still fold the tiles with torch ops. GPUs are unchanged. Process-wide: a training stage
+    runs in its own process. ``tests/test_contracts.py`` checks the TRL source still reads the switch this way.
+    """
+    try:
+        from trl.trainer import utils as trl_utils
+    except ImportError:
+        return False
+    decide = getattr(trl_utils, "_use_triton", None)
+    if decide is None or getattr(decide, "mrlite_compact", False):
+        return False
+
+    def compact(device) -> bool:
+        return device.type == "cpu" or decide(device)
+
+    compact.mrlite_compact = True  # type: ignore[attr-defined]
+    trl_utils._use_triton = compact
+    return True
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Training: metrics, checkpoints and resume
 
 
@@ -414,7 +448,7 @@ def _fmt(x) -> str:
 
 __all__ = [
     "METRIC_KEYS", "ROW_KEYS", "SECTION", "WORK_DIR", "chat_len", "check_finite", "checkpoint_args",
-    "existing_targets", "filter_long", "fitting_rows", "last_checkpoint", "log_summary", "make_config",
+    "compact_lm_head", "existing_targets", "filter_long", "fitting_rows", "last_checkpoint", "log_summary", "make_config",
     "metrics_callback", "portable_adapter", "read_lineage", "read_rows", "recipe_args", "rows_from_history",
     "run_trainer", "section_cfg", "summary", "train_seed", "trainer_config", "trl_args", "uses_checkpoints",
     "write_lineage",

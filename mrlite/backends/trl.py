@@ -103,6 +103,7 @@ class TRLTrainer:
         config = core.trainer_config(config_cls, self.recipe, kind, self.iteration, out, self._backend_args(
             config_cls, kind, quantized))
         set_seed(core.train_seed(self.recipe, self.iteration))
+        core.compact_lm_head()  # CPU: the LM head scores completion positions only (TRL 1.16 scores every one)
         model = self._load_model(base, quantized)
         lora = cfg.lora
         full = scale.method(self.recipe, kind) == "full"
