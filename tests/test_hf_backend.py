@@ -250,8 +250,37 @@ def test_shared_prefix_matches_unshared_and_is_deterministic(which, request):
             g.batch_size = bs
             assert texts(g.generate(reqs, SAMPLE)) == shared
         g.batch_size = 16
+        for segment_tokens in (0, 10**9):  # every shared node read as a segment in decode / copied into the rows
+            g.decode_segment_tokens = segment_tokens
+            assert texts(g.generate(reqs, SAMPLE)) == shared
+        g.decode_segment_tokens = 1024
         g.min_shared_tokens = 10**9
         unshared = texts(g.generate(reqs, SAMPLE))
     finally:
-        g.batch_size, g.min_shared_tokens = 16, 32
+        g.batch_size, g.min_shared_tokens, g.decode_segment_tokens = 16, 32, 1024
     assert unshared == shared
+
+
+def test_decode_layout_copies_small_shared_nodes(gen):
+    """Decode reads a shared node as one segment for all its rows only when rows x tokens is large; smaller
+    nodes (and everything below them) are copied into each row's private buffer, outermost first."""
+    from mrlite.backends.hf import _Node
+
+    root = _Node(0, list(range(300)), None, 1)  # a rubric: 300 tokens under 6 rows
+    group = _Node(300, list(range(100)), root, 1)  # a question + answer: 100 tokens under 4 rows
+    judgment = _Node(400, list(range(40)), group, 1)  # a judgment: 40 tokens under 2 rows
+    other = _Node(300, list(range(50)), root, 1)
+    paths = [[root, group, judgment]] * 2 + [[root, group]] * 2 + [[root, other]] * 2
+    leaves = [_Node(0, [1], None, 1) for _ in paths]
+    old = gen.decode_segment_tokens
+    try:
+        gen.decode_segment_tokens = 400
+        shared, private = gen._decode_layout(paths, leaves)
+        assert shared == [[root, group]] * 4 + [[root]] * 2  # group: 4 x 100 >= 400 stays; judgment 2 x 40 copied
+        assert private == [[judgment, leaves[0]], [judgment, leaves[1]], [leaves[2]], [leaves[3]],
+                           [other, leaves[4]], [other, leaves[5]]]
+        gen.decode_segment_tokens = 10**9
+        shared, private = gen._decode_layout(paths, leaves)
+        assert shared == [[]] * 6 and private[0] == [root, group, judgment, leaves[0]]
+    finally:
+        gen.decode_segment_tokens = old

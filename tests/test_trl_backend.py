@@ -246,3 +246,75 @@ def test_compact_lm_head_same_log_probs_fewer_positions(tiny_model, monkeypatch)
     torch.testing.assert_close(compact.entropy * (labels[:, 1:] != -100), full.entropy * (labels[:, 1:] != -100),
                                rtol=0, atol=1e-5)
     assert torch.equal(compact.is_top1, full.is_top1)
+
+
+def _dpo_trainer(cls, tiny_model, tmp_path, pairs):
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    rows = [{"prompt": msg("user", p), "chosen": msg("assistant", c), "rejected": msg("assistant", r)}
+            for p, c, r in pairs]
+    cfg = DPOConfig(output_dir=str(tmp_path / cls.__name__), use_cpu=True, per_device_train_batch_size=len(rows),
+                    max_length=256, beta=0.1, report_to=[], save_strategy="no", disable_tqdm=True,
+                    gradient_checkpointing=False)
+    trainer = cls(model=model, args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                  peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                                         task_type="CAUSAL_LM"))
+    g = torch.Generator().manual_seed(1)
+    for name, p in trainer.model.named_parameters():  # a policy away from the reference: non-zero log-ratios
+        if "lora_B" in name:
+            p.data = torch.randn(p.shape, generator=g) * 0.05
+    return trainer
+
+
+def test_shared_prompt_dpo_matches_trl(tiny_model, tmp_path):
+    """Each pair's prompt computed once gives TRL's loss, gradient and metrics (up to float noise)."""
+    from trl import DPOTrainer
+
+    from mrlite.backends.dpo_shared import shared_prompt_trainer
+
+    pairs = [*PAIRS, ("Explain why the sky is blue in one short paragraph, for a child of seven.", "Light bounces.",
+                      "Because it is.")]
+    results = {}
+    for cls in (DPOTrainer, shared_prompt_trainer(DPOTrainer)):
+        trainer = _dpo_trainer(cls, tiny_model, tmp_path, pairs)
+        batch = next(iter(trainer.get_train_dataloader()))
+        trainer.model.train()
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+        results[cls.__name__] = (float(loss), grads, metrics, trainer)
+    (l1, g1, m1, _), (l2, g2, m2, shared) = results.values()
+    assert shared._share is True
+    assert l1 != pytest.approx(math.log(2), abs=1e-3)  # the policy differs from the reference
+    assert l2 == pytest.approx(l1, rel=1e-5)
+    assert set(g2) == set(g1) and len(g1) > 0
+    for name in g1:
+        torch.testing.assert_close(g2[name], g1[name], rtol=1e-4, atol=1e-6)
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+                "logps/rejected", "entropy", "logits/chosen", "logits/rejected", "mean_token_accuracy", "num_tokens"):
+        assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-5), key
+
+
+def test_shared_prompt_split_refuses_what_it_cannot_share():
+    from mrlite.backends.dpo_shared import split_batch
+
+    # rows: [chosen_0, chosen_1, rejected_0, rejected_1]; prompt tokens then answer tokens, flush left, 0-padded
+    ids = torch.tensor([[5, 6, 7, 8, 0], [5, 9, 1, 0, 0], [5, 6, 7, 2, 3], [5, 9, 4, 4, 4]])
+    attn = (ids != 0).long()
+    comp = torch.tensor([[0, 0, 1, 1, 0], [0, 0, 1, 0, 0], [0, 0, 1, 1, 1], [0, 0, 1, 1, 1]])
+    b = split_batch({"input_ids": ids, "attention_mask": attn, "completion_mask": comp}, pad_id=0)
+    assert b.prompts.tolist() == [[5, 6], [5, 9]] and b.prompt_lens.tolist() == [2, 2]
+    assert b.answers.tolist() == [[7, 8, 0], [7, 2, 3], [1, 0, 0], [4, 4, 4]]  # chosen/rejected interleaved
+    assert b.answer_mask.tolist() == [[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1]]
+    other = ids.clone()
+    other[2, 1] = 11  # pair 0's rejected row has another prompt
+    assert split_batch({"input_ids": other, "attention_mask": attn, "completion_mask": comp}, pad_id=0) is None
+    extra = {"input_ids": ids, "attention_mask": attn, "completion_mask": comp, "pixel_values": ids}
+    assert split_batch(extra, pad_id=0) is None

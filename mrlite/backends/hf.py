@@ -48,6 +48,12 @@ PREFIX_ATTENTION = "mrlite_prefix"
 MIN_SHARED_TOKENS = 32
 """Fewest tokens two or more prompts of one ``generate`` call must share (past their parent node) to get one
 shared KV node; shorter runs are recomputed per request (a node costs a few small ops per layer and step)."""
+DECODE_SEGMENT_TOKENS = 1024
+"""A shared node stays a separate attention segment in decode only when (rows of the batch below it) x (its
+tokens) reaches this; smaller nodes are copied into those rows' private buffers. A segment costs ~12 small ops per
+layer and step (~5 ms per step on 2 cores for SmolLM2's 30 layers) whatever its size, while reading a copied node
+costs memory traffic in proportion to rows x tokens: the meta-judge's per-judgment nodes (2 rows x ~60 tokens)
+made 60 % of its decode time as segments."""
 PREFILL_TOKENS = 4096
 """Padded tokens per prefill forward (bounds activation memory; independent of ``backends.hf.batch_size``)."""
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -369,6 +375,8 @@ class HFGenerator:
         # In fp32 the padded reduction's noise (~1e-6 on logits) changed 0 of 32 SmolLM2 rows.
         self.rowwise = self.shared and self.device.type == "cpu" and self.dtype != torch.float32
         self.min_shared_tokens = MIN_SHARED_TOKENS
+        self.decode_segment_tokens = DECODE_SEGMENT_TOKENS
+        self.tokens_computed = 0  # prompt + generated tokens that went through the model (benchmarks read it)
         self.prefill_tokens = PREFILL_TOKENS
         self.n_layers = self.model.config.num_hidden_layers
         limit = getattr(self.model.config, "max_position_embeddings", None) or recipe.model.max_model_len
@@ -494,6 +502,7 @@ class HFGenerator:
                 width = len(nodes[order[j]].tokens)
                 j += 1
             group = [nodes[x] for x in order[i:j]]
+            self.tokens_computed += sum(len(n.tokens) for n in group)
             ids = torch.full((len(group), width), self.pad_id, dtype=torch.long)
             pos = torch.zeros((len(group), width), dtype=torch.long)
             pads = []
@@ -536,27 +545,53 @@ class HFGenerator:
         row_leaf = [leaves[uniq[k]] for k in keys]
         sel = torch.tensor([uniq[k] for k in keys], device=self.device)
         kvh, _, hd = leaves[0].k[0].shape
-        width = max(len(n.tokens) for n in leaves) + cap
+        shared, private = self._decode_layout([n.path for n in row_leaf], row_leaf)
+        width = max(sum(len(n.tokens) for n in own) for own in private) + cap
         kbuf, vbuf = [], []
         for li in range(self.n_layers):
             kb = torch.zeros(len(keys), kvh, width, hd, device=self.device)
             vb = torch.zeros(len(keys), kvh, width, hd, device=self.device)
-            for r, leaf in enumerate(row_leaf):
-                kb[r, :, : len(leaf.tokens)] = leaf.k[li]
-                vb[r, :, : len(leaf.tokens)] = leaf.v[li]
+            for r, own in enumerate(private):
+                at = 0
+                for n in own:  # copied shared nodes (outermost first), then the request's own tail
+                    kb[r, :, at : at + len(n.tokens)] = n.k[li]
+                    vb[r, :, at : at + len(n.tokens)] = n.v[li]
+                    at += len(n.tokens)
             kbuf.append(kb)
             vbuf.append(vb)
         for leaf in leaves:
             leaf.k = leaf.v = []
-        state = _SharedState(kbuf, vbuf, torch.tensor([len(n.tokens) for n in row_leaf], device=self.device),
+        state = _SharedState(kbuf, vbuf,
+                             torch.tensor([sum(len(n.tokens) for n in own) for own in private], device=self.device),
                              torch.tensor([len(prompts[r]) for r in range(len(keys))], device=self.device),
-                             [n.path for n in row_leaf], self.rowwise)
+                             shared, self.rowwise)
         return logits[sel], state
+
+    def _decode_layout(self, paths: list[list[_Node]], leaves: list[_Node]
+                       ) -> tuple[list[list[_Node]], list[list[_Node]]]:
+        """Per row: the shared nodes read as attention segments in decode, and the nodes copied into its private
+        buffer (its deepest small shared nodes, then its own tail). A node stays a segment when the batch's rows
+        below it x its tokens reach ``decode_segment_tokens``, and so do all its ancestors. Exact mode keeps every
+        shared node a segment (a row's reductions then never depend on its neighbours)."""
+        rows_below: dict[int, int] = {}
+        for path in paths:
+            for n in path:
+                rows_below[id(n)] = rows_below.get(id(n), 0) + 1
+        shared, private = [], []
+        for path, leaf in zip(paths, leaves, strict=True):
+            keep = len(path)
+            while not self.rowwise and keep and rows_below[id(path[keep - 1])] * len(path[keep - 1].tokens) < (
+                    self.decode_segment_tokens):
+                keep -= 1
+            shared.append(path[:keep])
+            private.append([*path[keep:], leaf])
+        return shared, private
 
     def _step_shared(self, state: _SharedState, feed: list[int], keep: list[int]) -> torch.Tensor:
         if len(keep) < len(state.paths):  # drop finished rows so they cost nothing
             state.select(keep)
         tok = torch.tensor(feed, device=self.device)
+        self.tokens_computed += len(feed)
         logits = self._run(state.plan(), input_ids=tok[:, None], position_ids=state.pos[:, None])
         state.advance()
         return logits
@@ -569,6 +604,7 @@ class HFGenerator:
             uniq.setdefault(k, len(uniq))
         first = {k: r for r, k in reversed(list(enumerate(keys)))}
         ids, mask, pos, _ = self._left_pad([prompts[first[k]] for k in uniq])
+        self.tokens_computed += int(mask.sum())
         cache = DynamicCache()
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                             use_cache=True, logits_to_keep=1).logits[:, -1]
@@ -582,6 +618,7 @@ class HFGenerator:
             state["cache"].batch_select_indices(idx)
             state["mask"], state["pos"], state["n"] = state["mask"][idx], state["pos"][idx], len(keep)
         state["mask"] = torch.cat([state["mask"], state["mask"].new_ones((state["n"], 1))], dim=1)
+        self.tokens_computed += len(feed)
         tok = torch.tensor(feed, device=self.device)
         logits = self.model(input_ids=tok[:, None], attention_mask=state["mask"], position_ids=state["pos"][:, None],
                             past_key_values=state["cache"], use_cache=True).logits[:, -1]

@@ -26,6 +26,7 @@ from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 from mrlite.backends import scale_train as scale
 from mrlite.backends import train_core as core
 from mrlite.backends.base import TrainResult
+from mrlite.backends.dpo_shared import shared_prompt_trainer
 from mrlite.hardware.cpu import native_bf16
 from mrlite.models import check_chat_template
 from mrlite.recipe import Recipe
@@ -43,6 +44,10 @@ class TRLTrainer:
         iteration: 0 trains EFT SFT with ``recipe.eft``; k >= 1 trains DPO with ``recipe.train``. The training
             seed is ``loop.seed + iteration``.
     """
+
+    share_prompt = True
+    """DPO on CPU computes each pair's prompt once (``mrlite.backends.dpo_shared``); ``mrlite bench train
+    --compare-share`` turns it off to measure TRL's own loss."""
 
     def __init__(self, recipe: Recipe, iteration: int):
         self.recipe = recipe
@@ -100,6 +105,8 @@ class TRLTrainer:
 
         quantized = self.recipe.train.load_in_4bit
         config_cls, trainer_cls = (DPOConfig, DPOTrainer) if kind == "dpo" else (SFTConfig, SFTTrainer)
+        if kind == "dpo" and self.share_prompt and not self.cuda:  # CPU: each pair's prompt once (not on GPUs yet)
+            trainer_cls = shared_prompt_trainer(DPOTrainer)
         config = core.trainer_config(config_cls, self.recipe, kind, self.iteration, out, self._backend_args(
             config_cls, kind, quantized))
         set_seed(core.train_seed(self.recipe, self.iteration))

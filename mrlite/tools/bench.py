@@ -183,14 +183,16 @@ def _run_generate(r, phases: list[str], naive_n: int, share: bool, rep: _Report,
     def phase(name: str, reqs: list[GenRequest], sampling: Sampling):
         click.echo(f"{name}: {len(reqs)} requests ...")
         gen.generate(reqs[:1], Sampling(sampling.temperature, sampling.top_p, 2))  # warm-up
+        computed = gen.tokens_computed
         t = time.perf_counter()
         out = gen.generate(reqs, sampling)
         dt = time.perf_counter() - t
+        computed = gen.tokens_computed - computed  # prefill (shared prefixes once) + decode steps x rows
         toks = sum(c.n_tokens for row in out for c in row)
         prompt_toks = sum(n * q.n for n, q in zip(gen.prompt_lengths(reqs), reqs, strict=True))
         row = {"phase": name, "requests": len(reqs), "rows": sum(q.n for q in reqs), "prompt_tokens": prompt_toks,
-               "tokens": toks, "seconds": dt, "tok_s": toks / dt,
-               "flop_frac": (toks + prompt_toks) / dt / limit}
+               "computed_tokens": computed, "tokens": toks, "seconds": dt, "tok_s": toks / dt,
+               "flop_frac": computed / dt / limit}
         if compare and share:
             gen.min_shared_tokens = 10**9
             t = time.perf_counter()
@@ -268,10 +270,13 @@ def _decode_phase(gen, rep: _Report, limit: float, prompt: str, rows: int = 32, 
 @click.argument("recipe", default="tiny")
 @click.option("--steps", default=2, show_default=True, help="Optimizer steps to time (after one warm-up step).")
 @click.option("--kind", type=click.Choice(["dpo", "sft"]), default="dpo", show_default=True)
+@click.option("--no-share", is_flag=True, help="DPO on CPU: TRL's full-sequence loss (each prompt once per answer).")
+@click.option("--compare-share", is_flag=True,
+              help="DPO: run with each pair's prompt computed once, then with TRL's full sequences; print the ratio.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe field.")
 @click.option("--json", "json_out", help="Also write the figures to this JSON file.")
 @_user_errors
-def bench_train(recipe, steps, kind, sets, json_out):
+def bench_train(recipe, steps, kind, no_share, compare_share, sets, json_out):
     """Training tokens/s of the recipe's trainer (DPO or EFT SFT) on judge-length rows vs the FLOP limit.
 
     Rows are built from the builtin prompts and the shipped EFT demonstrations, sized like the tiny run's judge
@@ -282,12 +287,12 @@ def bench_train(recipe, steps, kind, sets, json_out):
     r = _load(recipe, sets, load_recipe)
     rep = _Report(json_out)
     click.echo(f"load average at start: {loadavg()}")
-    _run_train(r, steps, kind, rep)
+    _run_train(r, steps, kind, rep, share=not no_share, compare=compare_share)
     click.echo(f"load average at end: {loadavg()}")
     rep.save(recipe=r.name, load_end=loadavg())
 
 
-def _run_train(r, steps: int, kind: str, rep: _Report) -> None:
+def _run_train(r, steps: int, kind: str, rep: _Report, share: bool = True, compare: bool = False) -> None:
     import tempfile
 
     import torch
@@ -315,9 +320,12 @@ def _run_train(r, steps: int, kind: str, rep: _Report) -> None:
             rows.append({"prompt": prompt, "completion": answer})
     tok = AutoTokenizer.from_pretrained(path)
     answers = ("chosen", "rejected") if kind == "dpo" else ("completion",)
-    lengths = [[len(tok.apply_chat_template(x["prompt"] + x[k], tokenize=True, return_dict=False)) for k in answers]
-               for x in rows]
-    tokens_per_step = sum(map(sum, lengths)) / (steps + 1)
+    full = [[len(tok.apply_chat_template(x["prompt"] + x[k], tokenize=True, return_dict=False)) for k in answers]
+            for x in rows]
+    prompt = [len(tok.apply_chat_template(x["prompt"], tokenize=True, add_generation_prompt=True, return_dict=False))
+              for x in rows]
+    row_tokens = sum(map(sum, full)) / (steps + 1)  # TRL's work: the prompt once per answer
+    shared_tokens = sum(p + sum(f - p for f in fs) for p, fs in zip(prompt, full, strict=True)) / (steps + 1)
     r = r.model_copy(deep=True)
     cfg = r.train if kind == "dpo" else r.eft
     cfg.max_steps = steps + 1
@@ -329,24 +337,34 @@ def _run_train(r, steps: int, kind: str, rep: _Report) -> None:
     passes = 3 if kind == "dpo" else 2  # policy forward + backward to the activations (+ the reference forward)
     click.echo(f"model {r.model.base}: {n_params / 1e6:.1f}M parameters, {torch.get_num_threads()} threads; "
                f"best matmul rate {rate:.1f} GFLOP/s ({shape}) -> {limit:.0f} forward tokens/s; a LoRA {kind} step "
-               f"costs ~{passes} forward passes; {tokens_per_step:.0f} tokens/step (unpadded)")
-    trainer = load_trainer(r, 1)
-    with tempfile.TemporaryDirectory() as tmp:
-        f = Path(tmp) / "rows.jsonl"
-        atomic_write_jsonl(f, rows)
-        t = time.perf_counter()
-        res = trainer.train_dpo(f, path, Path(tmp) / "out") if kind == "dpo" else trainer.train_sft(
-            f, path, Path(tmp) / "out")
-        total = time.perf_counter() - t
-    marks = [m["seconds"] for m in res.metrics if "seconds" in m]
-    step_s = [b - a for a, b in itertools.pairwise(marks)]  # the first step (warm-up) left out
-    row = {"phase": f"train {kind}", "rows": res.n_rows, "dropped": res.n_dropped, "steps": len(marks),
-           "first_step_s": marks[0] if marks else None, "total_s": total}
-    if step_s:
-        sec = sum(step_s) / len(step_s)
-        row.update(step_s=sec, tok_s=tokens_per_step / sec, flop_frac=tokens_per_step * passes / sec / limit)
-    row["peak_rss_gb"] = peak_rss_gb()
-    rep.add(**row)
+               f"costs ~{passes} forward passes; {row_tokens:.0f} row tokens/step (unpadded; {shared_tokens:.0f} "
+               "with each prompt once)")
+    variants = [True, False] if compare and kind == "dpo" else [share]
+    seconds = {}
+    for shared in variants:
+        trainer = load_trainer(r, 1)
+        trainer.share_prompt = shared
+        with tempfile.TemporaryDirectory() as tmp:
+            f = Path(tmp) / "rows.jsonl"
+            atomic_write_jsonl(f, rows)
+            t = time.perf_counter()
+            res = trainer.train_dpo(f, path, Path(tmp) / "out") if kind == "dpo" else trainer.train_sft(
+                f, path, Path(tmp) / "out")
+            total = time.perf_counter() - t
+        marks = [m["seconds"] for m in res.metrics if "seconds" in m]
+        step_s = [b - a for a, b in itertools.pairwise(marks)]  # the first step (warm-up) left out
+        name = f"train {kind}" + ((" shared prompt" if shared else " TRL full sequences") if kind == "dpo" else "")
+        row = {"phase": name, "rows": res.n_rows, "dropped": res.n_dropped, "steps": len(marks),
+               "first_step_s": marks[0] if marks else None, "total_s": total,
+               "last_loss": res.metrics[-1]["loss"] if res.metrics else None}
+        if step_s:
+            sec = seconds[shared] = sum(step_s) / len(step_s)
+            computed = shared_tokens if shared and kind == "dpo" else row_tokens
+            row.update(step_s=sec, tok_s=row_tokens / sec, flop_frac=computed * passes / sec / limit)
+        row["peak_rss_gb"] = peak_rss_gb()
+        rep.add(**row)
+    if len(seconds) == 2:
+        rep.add(phase="train dpo: TRL step time / shared-prompt step time", ratio=seconds[False] / seconds[True])
 
 
 def _approx_params(c) -> float:
