@@ -4,7 +4,8 @@ Prefix reuse: the prompts of one ``generate`` call form a radix tree of token id
 ``MIN_SHARED_TOKENS`` tokens that two or more prompts share (the judge rubric across a chunk's judge requests;
 rubric + question + answer across the battles of one answer) is prefilled once, and its keys/values are read by
 every row below it. Each request's own tail is prefilled once and copied to its ``n`` sample rows, which decode in
-preallocated buffers. Attention is our function registered with transformers (``prefix_attention``): the model
+preallocated buffers; in decode a shared node is read once for all its rows only when it is large (rows x tokens
+>= ``DECODE_SEGMENT_TOKENS``), smaller ones are copied into the rows' buffers like the tail. Attention is our function registered with transformers (``prefix_attention``): the model
 is transformers' own, called with ``use_cache=False``, and the function keeps the keys/values.
 
 Determinism: every row draws its randomness from its own random stream (``row_rng``) seeded from ``(request.seed,
