@@ -284,3 +284,22 @@ def test_decode_layout_copies_small_shared_nodes(gen):
         assert shared == [[]] * 6 and private[0] == [root, group, judgment, leaves[0]]
     finally:
         gen.decode_segment_tokens = old
+
+
+def test_packed_linears_match_plain_model(gen, tiny_model):
+    """On CPU fp32 every nn.Linear runs with oneDNN's pre-packed weight (faster skinny matmuls): same logits as
+    the plain model to float noise, for a decode-sized and a prefill-sized batch."""
+    from transformers import AutoModelForCausalLM
+
+    from mrlite.backends.hf import PackedLinear
+
+    if not PackedLinear.available():
+        pytest.skip("this torch build has no oneDNN linear ops")
+    assert gen.packed == 7 * gen.n_layers + 1  # q k v o gate up down per layer + the LM head
+    assert not any(type(m) is torch.nn.Linear for m in gen.model.modules())
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    torch.manual_seed(0)
+    for shape in ((32, 1), (2, 70)):
+        ids = torch.randint(0, plain.config.vocab_size, shape)
+        with torch.inference_mode():
+            torch.testing.assert_close(gen.model(input_ids=ids).logits, plain(input_ids=ids).logits, rtol=0, atol=1e-4)

@@ -375,6 +375,7 @@ class HFGenerator:
         # depend on its batch neighbours. Worth its per-row loop where padding noise flips tokens: 16-bit on CPU.
         # In fp32 the padded reduction's noise (~1e-6 on logits) changed 0 of 32 SmolLM2 rows.
         self.rowwise = self.shared and self.device.type == "cpu" and self.dtype != torch.float32
+        self.packed = self._pack_linears()
         self.min_shared_tokens = MIN_SHARED_TOKENS
         self.decode_segment_tokens = DECODE_SEGMENT_TOKENS
         self.tokens_computed = 0  # prompt + generated tokens that went through the model (benchmarks read it)
@@ -460,6 +461,26 @@ class HFGenerator:
 
     # ----------------------------------------------------------------------------------------------------------
     # Internals
+
+    def _pack_linears(self) -> int:
+        """CPU fp32: give every ``nn.Linear`` oneDNN's pre-packed weight layout (``PackedLinear``); returns how many.
+
+        Skipped in exact mode, off the CPU, and where the oneDNN ops are missing or disagree with ``F.linear``.
+        """
+        if self.device.type != "cpu" or self.dtype != torch.float32 or self.rowwise or not PackedLinear.available():
+            return 0
+        swaps = [(parent, name, child) for parent in self.model.modules() for name, child in parent.named_children()
+                 if type(child) is torch.nn.Linear]
+        try:
+            packed = [PackedLinear(child) for _, _, child in swaps]
+            x = torch.randn(3, swaps[0][2].in_features)
+            torch.testing.assert_close(packed[0](x), swaps[0][2](x), rtol=1e-4, atol=1e-4)
+        except (RuntimeError, AssertionError, IndexError) as e:
+            log.info("hf generator: oneDNN packed linears unavailable (%s); plain matmuls", str(e).splitlines()[0])
+            return 0
+        for (parent, name, _), new in zip(swaps, packed, strict=True):
+            setattr(parent, name, new)
+        return len(packed)
 
     def _eos_ids(self) -> set[int]:
         ids = set()
@@ -724,6 +745,36 @@ class HFGenerator:
 
             self._forcing[force] = forcing_tokens(encode, force, self.recipe.judge.score_range)
         return self._forcing[force]
+
+
+class PackedLinear(torch.nn.Module):
+    """An inference-only ``nn.Linear`` whose weight is stored in oneDNN's pre-packed (blocked) layout.
+
+    A CPU decode step multiplies a few dozen rows by every weight matrix; MKL's plain GEMM handles such skinny
+    products poorly, and the LM head (49k x 576 for SmolLM2) cost ~50 ms of a ~290 ms 32-row step. With the weight
+    packed once, oneDNN's kernel is 1.3-3.6x faster at every row count measured (1 to 2,048 rows; LM head at 32
+    rows: 53 -> 22 ms, 2 cores, AVX2), with results equal to ``F.linear`` to ~1e-6 relative (another summation
+    order). The pack is sized for 32 rows but serves any row count.
+    """
+
+    PACK_ROWS = 32
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight_packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), self.PACK_ROWS)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+
+    @staticmethod
+    def available() -> bool:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and (
+            hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, self.in_features).contiguous(), self.weight_packed,
+                                               self.bias, "none", [], "")
+        return y.reshape(*lead, self.out_features)
 
 
 def row_rng(seed: int) -> np.random.Generator:
