@@ -375,6 +375,7 @@ class HFGenerator:
         # depend on its batch neighbours. Worth its per-row loop where padding noise flips tokens: 16-bit on CPU.
         # In fp32 the padded reduction's noise (~1e-6 on logits) changed 0 of 32 SmolLM2 rows.
         self.rowwise = self.shared and self.device.type == "cpu" and self.dtype != torch.float32
+        self.n_params = sum(p.numel() for p in self.model.parameters())  # before packing hides the linear weights
         self.packed = self._pack_linears()
         self.min_shared_tokens = MIN_SHARED_TOKENS
         self.decode_segment_tokens = DECODE_SEGMENT_TOKENS

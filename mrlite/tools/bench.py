@@ -156,7 +156,7 @@ def _run_generate(r, phases: list[str], naive_n: int, share: bool, rep: _Report,
     min_shared = gen.min_shared_tokens
     if not share:
         gen.min_shared_tokens = 10**9
-    n_params = sum(p.numel() for p in gen.model.parameters())
+    n_params = gen.n_params
     rate, shape = gemm_rate(gen.dtype, gen.device)
     click.echo(f"model {r.model.base}: {n_params / 1e6:.1f}M parameters, {gen.dtype}, {gen.device}, "
                f"{torch.get_num_threads()} threads, batch_size {gen.batch_size}, shared prefix "
