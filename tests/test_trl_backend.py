@@ -214,7 +214,9 @@ def test_compact_lm_head_same_log_probs_fewer_positions(tiny_model, monkeypatch)
 
     from mrlite.backends import train_core as core
 
-    monkeypatch.setattr(trl_utils, "_use_triton", trl_utils._use_triton)  # restored after the test
+    # TRL's own switch for this test (an earlier training in this process may have flipped it); restored after
+    monkeypatch.setattr(trl_utils, "_use_triton", getattr(trl_utils._use_triton, "mrlite_original",
+                                                          trl_utils._use_triton))
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
@@ -289,7 +291,7 @@ def test_shared_prompt_dpo_matches_trl(tiny_model, tmp_path):
         loss.backward()
         grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
         metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
-        results[cls.__name__] = (float(loss), grads, metrics, trainer)
+        results[cls.__name__] = (float(loss.detach()), grads, metrics, trainer)
     (l1, g1, m1, _), (l2, g2, m2, shared) = results.values()
     assert shared._share is True
     assert l1 != pytest.approx(math.log(2), abs=1e-3)  # the policy differs from the reference

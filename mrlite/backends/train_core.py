@@ -234,6 +234,7 @@ def compact_lm_head() -> bool:
         return device.type == "cpu" or decide(device)
 
     compact.mrlite_compact = True  # type: ignore[attr-defined]
+    compact.mrlite_original = decide  # type: ignore[attr-defined]
     trl_utils._use_triton = compact
     return True
 
