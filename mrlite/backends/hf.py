@@ -5,7 +5,8 @@ Prefix reuse: the prompts of one ``generate`` call form a radix tree of token id
 rubric + question + answer across the battles of one answer) is prefilled once, and its keys/values are read by
 every row below it. Each request's own tail is prefilled once and copied to its ``n`` sample rows, which decode in
 preallocated buffers; in decode a shared node is read once for all its rows only when it is large (rows x tokens
->= ``DECODE_SEGMENT_TOKENS``), smaller ones are copied into the rows' buffers like the tail. Attention is our function registered with transformers (``prefix_attention``): the model
+>= ``DECODE_SEGMENT_TOKENS``), smaller ones are copied into the rows' buffers like the tail. On a CPU in fp32 every
+linear layer runs with oneDNN's pre-packed weight (``PackedLinear``). Attention is our function registered with transformers (``prefix_attention``): the model
 is transformers' own, called with ``use_cache=False``, and the function keeps the keys/values.
 
 Determinism: every row draws its randomness from its own random stream (``row_rng``) seeded from ``(request.seed,
