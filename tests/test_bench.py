@@ -74,10 +74,11 @@ def test_parse_peer_output_takes_the_last_result_line() -> None:
 
 
 class FakeGen:
-    """Records what it is asked; every sample is 10 tokens."""
+    """Records what it is asked; every sample is 10 tokens (and, like HFGenerator, counts computed tokens)."""
 
     def __init__(self):
         self.calls = []
+        self.tokens_computed = 0
 
     def generate(self, reqs, sampling):
         self.calls.append((reqs, sampling))

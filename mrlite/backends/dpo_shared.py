@@ -105,10 +105,10 @@ def answer_logits(lm, batch: SharedBatch) -> torch.Tensor:
     return head(h[batch.answer_mask.bool()]).float()
 
 
-def sequence_logps(logits: torch.Tensor, batch: SharedBatch) -> torch.Tensor:
-    """Per-answer summed log-probs ``[2B]`` of ``answer_logits``' output."""
+def sequence_logps(logp: torch.Tensor, batch: SharedBatch) -> torch.Tensor:
+    """Per-answer summed log-probs ``[2B]`` from the log-softmax of ``answer_logits``' output."""
     sel = batch.answer_mask.bool()
-    tok = logits.log_softmax(-1).gather(-1, batch.answers[sel][:, None]).squeeze(-1)
+    tok = logp.gather(-1, batch.answers[sel][:, None]).squeeze(-1)
     return torch.zeros(batch.answers.shape, dtype=tok.dtype, device=tok.device).masked_scatter(sel, tok).sum(1)
 
 
@@ -154,21 +154,22 @@ def shared_prompt_trainer(base_cls: type) -> type:
             peft_model = self.accelerator.unwrap_model(model)
             lm = peft_model.get_base_model()
             logits = answer_logits(lm, batch)
-            logps = sequence_logps(logits, batch)
+            logp = logits.log_softmax(-1)  # once: the loss and the logged entropy both read it
+            logps = sequence_logps(logp, batch)
             with torch.no_grad(), use_adapter(peft_model, adapter_name=None):
-                ref_logps = sequence_logps(answer_logits(lm, batch), batch)
+                ref_logps = sequence_logps(answer_logits(lm, batch).log_softmax(-1), batch)
             chosen, rejected = logps[0::2], logps[1::2]
             chosen_ratio, rejected_ratio = chosen - ref_logps[0::2], rejected - ref_logps[1::2]
             loss = -F.logsigmoid(self.beta * (chosen_ratio - rejected_ratio)).mean() * self.loss_weights[0]
-            self._log_shared(mode, inputs, batch, logits.detach(), chosen.detach(), rejected.detach(),
+            self._log_shared(mode, inputs, batch, logits.detach(), logp.detach(), chosen.detach(), rejected.detach(),
                              chosen_ratio.detach(), rejected_ratio.detach())
             return loss
 
-        def _log_shared(self, mode, inputs, batch, logits, chosen, rejected, chosen_ratio, rejected_ratio) -> None:
+        def _log_shared(self, mode, inputs, batch, logits, logp, chosen, rejected, chosen_ratio, rejected_ratio
+                        ) -> None:
             """The metrics TRL's ``_compute_loss`` logs, under the same names."""
             gather, m = self.accelerator.gather_for_metrics, self._metrics[mode]
             sel = batch.answer_mask.bool()
-            logp = logits.log_softmax(-1)
             m["entropy"].append(float(-(logp.exp() * logp).sum(-1).mean()))
             if mode == "train":
                 self._total_train_tokens += int(gather(inputs["attention_mask"].sum()).sum()) // self._tp_size

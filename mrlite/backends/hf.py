@@ -6,8 +6,9 @@ rubric + question + answer across the battles of one answer) is prefilled once, 
 every row below it. Each request's own tail is prefilled once and copied to its ``n`` sample rows, which decode in
 preallocated buffers; in decode a shared node is read once for all its rows only when it is large (rows x tokens
 >= ``DECODE_SEGMENT_TOKENS``), smaller ones are copied into the rows' buffers like the tail. On a CPU in fp32 every
-linear layer runs with oneDNN's pre-packed weight (``PackedLinear``). Attention is our function registered with transformers (``prefix_attention``): the model
-is transformers' own, called with ``use_cache=False``, and the function keeps the keys/values.
+linear layer runs with oneDNN's pre-packed weight (``PackedLinear``). Attention is our function registered with
+transformers (``prefix_attention``): the model is transformers' own, called with ``use_cache=False``, and the
+function keeps the keys/values.
 
 Determinism: every row draws its randomness from its own random stream (``row_rng``) seeded from ``(request.seed,
 sample index)`` (Gumbel-max sampling), and the shared nodes depend only on the set of prompts in the call, so the
@@ -58,7 +59,8 @@ layer and step (~5 ms per step on 2 cores for SmolLM2's 30 layers) whatever its 
 costs memory traffic in proportion to rows x tokens: the meta-judge's per-judgment nodes (2 rows x ~60 tokens)
 made 60 % of its decode time as segments."""
 PREFILL_TOKENS = 4096
-"""Padded tokens per prefill forward (bounds activation memory; independent of ``backends.hf.batch_size``)."""
+"""Tokens per prefill forward, nodes back to back (bounds activation memory; independent of
+``backends.hf.batch_size``)."""
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -507,10 +509,11 @@ class HFGenerator:
             ids = ids["input_ids"]
         return list(ids)
 
-    def _run(self, plan, **kw):
+    def _run(self, plan, **kw) -> torch.Tensor:
+        """The model's logits for one forward under our attention ``plan`` (``kw``: ids, positions, ...)."""
         token = _PLAN.set(plan)
         try:
-            return self.model(use_cache=False, **kw).logits[:, -1]
+            return self.model(use_cache=False, **kw).logits
         finally:
             _PLAN.reset(token)
 
@@ -535,12 +538,8 @@ class HFGenerator:
             ids = torch.tensor([t for n in group for t in n.tokens], dtype=torch.long)[None]
             pos = torch.cat([torch.arange(n.start, n.end) for n in group])[None]
             last = torch.tensor([o + len(n.tokens) - 1 for o, n in zip(offsets, group, strict=True)])
-            token = _PLAN.set(_Prefill(group, offsets))
-            try:
-                out = self.model(input_ids=ids.to(self.device), position_ids=pos.to(self.device), use_cache=False,
-                                 logits_to_keep=last.to(self.device)).logits[0]
-            finally:
-                _PLAN.reset(token)
+            out = self._run(_Prefill(group, offsets), input_ids=ids.to(self.device), position_ids=pos.to(self.device),
+                            logits_to_keep=last.to(self.device))[0]
             for r, x in enumerate(order[i:j]):
                 logits[x] = out[r]
             i = j
@@ -619,7 +618,7 @@ class HFGenerator:
             state.select(keep)
         tok = torch.tensor(feed, device=self.device)
         self.tokens_computed += len(feed)
-        logits = self._run(state.plan(), input_ids=tok[:, None], position_ids=state.pos[:, None])
+        logits = self._run(state.plan(), input_ids=tok[:, None], position_ids=state.pos[:, None])[:, -1]
         state.advance()
         return logits
 

@@ -71,11 +71,29 @@ def bench_group():
     """
 
 
-def _builtin_prompts(n: int) -> list[str]:
+def _shipped(name: str) -> list[dict]:
+    """The rows of a JSONL file shipped in ``mrlite/data`` (``prompts.jsonl``, ``eft.jsonl``)."""
     from mrlite.data.sources import builtin_path
+    from mrlite.rundir import read_jsonl
 
-    rows = [json.loads(line) for line in builtin_path("prompts.jsonl").read_text(encoding="utf-8").splitlines()]
-    return [r["prompt"] for r in rows[:n]]
+    return read_jsonl(builtin_path(name))
+
+
+def _builtin_prompts(n: int) -> list[str]:
+    return [r["prompt"] for r in _shipped("prompts.jsonl")[:n]]
+
+
+def _timed_generate(gen, reqs, sampling) -> tuple[list, float, int, int]:
+    """One warm-up call (2 tokens), then ``gen.generate(reqs, sampling)`` timed: (completions, seconds, tokens
+    generated, tokens that went through the model: prefill with shared prefixes once + decode steps x rows)."""
+    from mrlite.backends.base import Sampling
+
+    gen.generate(reqs[:1], Sampling(sampling.temperature, sampling.top_p, 2))
+    computed = gen.tokens_computed
+    t = time.perf_counter()
+    out = gen.generate(reqs, sampling)
+    dt = time.perf_counter() - t
+    return out, dt, sum(c.n_tokens for row in out for c in row), gen.tokens_computed - computed
 
 
 class _Report:
@@ -192,13 +210,7 @@ def _run_generate(r, phases: list[str], naive_n: int, share: bool, rep: _Report,
 
     def phase(name: str, reqs: list[GenRequest], sampling: Sampling):
         click.echo(f"{name}: {len(reqs)} requests ...")
-        gen.generate(reqs[:1], Sampling(sampling.temperature, sampling.top_p, 2))  # warm-up
-        computed = gen.tokens_computed
-        t = time.perf_counter()
-        out = gen.generate(reqs, sampling)
-        dt = time.perf_counter() - t
-        computed = gen.tokens_computed - computed  # prefill (shared prefixes once) + decode steps x rows
-        toks = sum(c.n_tokens for row in out for c in row)
+        out, dt, toks, computed = _timed_generate(gen, reqs, sampling)
         prompt_toks = sum(n * q.n for n, q in zip(gen.prompt_lengths(reqs), reqs, strict=True))
         row = {"phase": name, "requests": len(reqs), "rows": sum(q.n for q in reqs), "prompt_tokens": prompt_toks,
                "computed_tokens": computed, "tokens": toks, "seconds": dt, "tok_s": toks / dt,
@@ -292,11 +304,9 @@ def peer_workloads(r) -> list[dict]:
     judge's N samples, sampling and tokens (no forced score: both engines do the same plain sampling).
     """
     from mrlite.core.prompts import render_judge
-    from mrlite.data.sources import builtin_path
 
-    rows = [json.loads(x) for x in builtin_path("prompts.jsonl").read_text(encoding="utf-8").splitlines()]
-    prompts = [x["prompt"] for x in rows if len(x["prompt"]) <= r.data.max_prompt_chars][:32]
-    eft = [json.loads(x) for x in builtin_path("eft.jsonl").read_text(encoding="utf-8").splitlines()][:30]
+    prompts = [x["prompt"] for x in _shipped("prompts.jsonl") if len(x["prompt"]) <= r.data.max_prompt_chars][:32]
+    eft = _shipped("eft.jsonl")[:30]
     a, j = r.actor, r.judge
     user = lambda text: [{"role": "user", "content": text}]  # noqa: E731
     return [
@@ -392,12 +402,7 @@ def _run_peer(r, gen, cmd: list[str], rep: _Report) -> None:
             total_s=time.perf_counter() - t)
     for w, p in zip(workloads, peer["workloads"], strict=True):
         reqs = [GenRequest(id=f"v{i}", messages=c, n=w["n"], seed=i) for i, c in enumerate(w["chats"])]
-        s = Sampling(w["temperature"], w["top_p"], w["max_tokens"])
-        gen.generate(reqs[:1], Sampling(s.temperature, s.top_p, 2))  # warm-up, as the peer does
-        t = time.perf_counter()
-        out = gen.generate(reqs, s)
-        dt = time.perf_counter() - t
-        toks = sum(c.n_tokens for row in out for c in row)
+        out, dt, toks, _ = _timed_generate(gen, reqs, Sampling(w["temperature"], w["top_p"], w["max_tokens"]))
         rep.add(phase=f"vs peer: {w['name']}", rows=sum(len(x) for x in out), tokens=toks, seconds=dt,
                 tok_s=toks / dt, peer_tokens=p["tokens"], peer_seconds=p["seconds"], peer_tok_s=p["tok_s"],
                 ratio_peer=(toks / dt) / p["tok_s"], peer_engine_start_s=peer["engine_start_s"])
@@ -439,10 +444,9 @@ def _run_train(r, steps: int, kind: str, rep: _Report, share: bool = True, compa
     from mrlite.models import resolve_model
     from mrlite.core.prompts import render_judge
     from mrlite.rundir import atomic_write_jsonl
-    from mrlite.data.sources import builtin_path
 
     path = resolve_model(r.model.base, revision=r.model.revision)
-    eft = [json.loads(x) for x in builtin_path("eft.jsonl").read_text(encoding="utf-8").splitlines()]
+    eft = _shipped("eft.jsonl")
     cfg = r.train if kind == "dpo" else r.eft
     per_step = cfg.batch_size * getattr(cfg, "grad_accum", 1)
     rows = []
